@@ -1,0 +1,2 @@
+//! fleet-ingest binary.
+fn main() {}

@@ -1,0 +1,2 @@
+//! fleet-outbound binary.
+fn main() {}

@@ -1,0 +1,2 @@
+//! fleet-prospects binary.
+fn main() {}

@@ -1,0 +1,2 @@
+//! fleet-scheduler binary.
+fn main() {}

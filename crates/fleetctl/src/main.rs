@@ -1,0 +1,2 @@
+//! fleetctl binary.
+fn main() {}

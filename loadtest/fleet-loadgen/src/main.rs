@@ -1,0 +1,2 @@
+//! fleet-loadgen binary.
+fn main() {}

@@ -1,0 +1,2 @@
+//! fleet-mock-provider binary.
+fn main() {}

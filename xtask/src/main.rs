@@ -1,0 +1,2 @@
+//! xtask binary.
+fn main() {}
