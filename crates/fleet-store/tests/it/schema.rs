@@ -1,0 +1,52 @@
+//! Migrations: `migrate` creates the database, applies the schema, and is safe to repeat.
+
+use fleet_store::{PoolOptions, Store, testing::TestDb};
+
+#[tokio::test]
+async fn migrate_creates_the_database_and_is_idempotent() {
+    // Borrow a TestDb only for its server coordinates; migrate a second, not-yet-existing database.
+    let db = TestDb::new().await;
+    let fresh = format!("{}_fresh", db.name());
+    let url = db.url().replace(db.name(), &fresh);
+    let store = Store::connect(&url, &PoolOptions::default()).unwrap();
+    assert!(
+        store.ping().await.is_err(),
+        "the database does not exist yet"
+    );
+
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    store.ping().await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    for t in [
+        "auto_replies_sent",
+        "message_status",
+        "messages",
+        "outbound_messages",
+        "prospects",
+    ] {
+        assert!(
+            tables.iter().any(|x| x == t),
+            "missing table {t} in {tables:?}"
+        );
+    }
+    assert!(!store.create_database_if_missing().await.unwrap());
+    store.close().await;
+
+    let mut admin = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    sqlx::Executor::execute(
+        &mut admin,
+        sqlx::AssertSqlSafe(format!("DROP DATABASE \"{fresh}\" WITH (FORCE)")),
+    )
+    .await
+    .unwrap();
+    sqlx::Connection::close(admin).await.unwrap();
+    db.cleanup().await;
+}
+
+use sqlx::Connection as _;
