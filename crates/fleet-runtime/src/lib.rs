@@ -1,1 +1,16 @@
-//! fleet-runtime.
+//! fleet-runtime: the process plumbing every Fleet binary shares (config, tenants, telemetry, admin server, shutdown).
+#![doc = include_str!("../README.md")]
+
+pub mod admin;
+pub mod config;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tenants;
+
+pub use admin::{AdminState, ReadinessCheck, admin_router, serve_admin};
+pub use config::{
+    CommonArgs, CommonConfig, ConfigError, Env, FileConfig, ProcessEnv, redacted_url,
+};
+pub use shutdown::{DrainTimeout, Shutdown, drain_with_timeout, shutdown_signal};
+pub use telemetry::{LogFormat, init_test_tracing, init_tracing, install_metrics};
+pub use tenants::{Tenant, Tenants, TenantsError, TenantsHandle};

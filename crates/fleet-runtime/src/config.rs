@@ -1,0 +1,1238 @@
+//! Layered process configuration shared by every Fleet binary.
+//!
+//! The contract fixes one order of precedence: command-line flags, then environment variables, then the TOML file named by
+//! `FLEET_CONFIG`, then built-in defaults.
+//! [`CommonArgs`] is flattened into each binary's clap parser; [`CommonConfig::load`] resolves the layers, validates every value
+//! and fails with a one-line [`ConfigError`] that never contains a password.
+//! The environment is read through the [`Env`] trait so tests can inject a map instead of mutating the process environment.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use serde::{Deserialize, de::DeserializeOwned};
+
+use crate::telemetry::LogFormat;
+
+/// Default Redis URL (contract: `REDIS_URL`).
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default Postgres URL (contract: `DATABASE_URL`).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/fleet";
+/// Default prefix of every Redis key (contract: `FLEET_KEY_PREFIX`).
+pub const DEFAULT_KEY_PREFIX: &str = "fleet";
+/// Default tenants file name, looked up next to the config file, or in the working directory when there is none.
+pub const DEFAULT_TENANTS_FILE: &str = "tenants.toml";
+/// Default ingest listen address (contract: `FLEET_INGEST_ADDR`).
+pub const DEFAULT_INGEST_ADDR: &str = "0.0.0.0:8080";
+/// Default high-water mark of waiting entries per queue (contract: `FLEET_QUEUE_HIGH_WATER`).
+pub const DEFAULT_QUEUE_HIGH_WATER: u64 = 1_000_000;
+/// Default Meta Graph API base URL (contract: `FLEET_META_API_BASE`).
+pub const DEFAULT_META_API_BASE: &str = "https://graph.facebook.com/v23.0";
+/// Default Twilio API base URL (contract: `FLEET_TWILIO_API_BASE`).
+pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
+
+/// Names of the per-binary sections the config file may hold.
+pub const SECTIONS: [&str; 5] = ["ingest", "prospects", "outbound", "scheduler", "fleetctl"];
+
+/// A source of environment variables.
+///
+/// Production code uses [`ProcessEnv`]; tests pass a `HashMap<String, String>` so parallel tests never share state.
+pub trait Env {
+    /// The value of `name`, or `None` when unset or not valid Unicode.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+impl Env for HashMap<&str, &str> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).map(|v| (*v).to_owned())
+    }
+}
+
+/// Reads `name` from `env`, treating an empty value as unset (as shells and compose files often export empty variables).
+fn env_nonempty(env: &dyn Env, name: &str) -> Option<String> {
+    env.var(name).filter(|v| !v.trim().is_empty())
+}
+
+/// Command-line flags shared by every binary; flatten with `#[command(flatten)]`.
+///
+/// Every field is optional so that an absent flag falls through to the next layer.
+/// clap also reads the named environment variable into the field, which keeps `--help` showing each variable;
+/// [`CommonConfig::load_from`] applies the same variables again from its [`Env`], so both paths give the same answer.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonArgs {
+    /// Redis URL, single node or cluster [default: redis://127.0.0.1:6379].
+    #[arg(long, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Postgres URL [default: postgres://postgres@127.0.0.1:5432/fleet].
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Prefix of every Redis key; two prefixes share nothing [default: fleet].
+    #[arg(
+        long = "prefix",
+        visible_alias = "key-prefix",
+        env = "FLEET_KEY_PREFIX",
+        value_name = "PREFIX"
+    )]
+    pub key_prefix: Option<String>,
+
+    /// Tenants file [default: tenants.toml next to the config file, or in the working directory].
+    #[arg(long, env = "FLEET_TENANTS", value_name = "PATH")]
+    pub tenants: Option<PathBuf>,
+
+    /// TOML config file; flags and environment variables override it.
+    #[arg(long, env = "FLEET_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Admin listen address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "FLEET_ADMIN_ADDR", value_name = "ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Log format [default: pretty on a terminal, json otherwise].
+    #[arg(long, env = "FLEET_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Waiting entries of one queue above which ingest answers 503 [default: 1000000].
+    #[arg(long, env = "FLEET_QUEUE_HIGH_WATER", value_name = "N")]
+    pub queue_high_water: Option<u64>,
+
+    /// Public base URL of ingest as providers call it [default: taken from the request's Host].
+    #[arg(long, env = "FLEET_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// Meta Graph API base URL [default: https://graph.facebook.com/v23.0].
+    #[arg(long, env = "FLEET_META_API_BASE", value_name = "URL")]
+    pub meta_api_base: Option<String>,
+
+    /// Twilio API base URL [default: https://api.twilio.com].
+    #[arg(long, env = "FLEET_TWILIO_API_BASE", value_name = "URL")]
+    pub twilio_api_base: Option<String>,
+
+    /// Ingest listen address [default: 0.0.0.0:8080].
+    #[arg(long, env = "FLEET_INGEST_ADDR", value_name = "ADDR")]
+    pub ingest_addr: Option<SocketAddr>,
+}
+
+/// The TOML file named by `FLEET_CONFIG`: every key optional, unknown keys rejected so typos are caught.
+///
+/// Top-level keys have the same names as the settings of [`CommonConfig`].
+/// Per-binary tables (`[ingest]`, `[prospects]`, `[outbound]`, `[scheduler]`, `[fleetctl]`) are kept as raw TOML for each binary
+/// to deserialize with [`CommonConfig::section`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Redis URL.
+    pub redis_url: Option<String>,
+    /// Postgres URL.
+    pub database_url: Option<String>,
+    /// Prefix of every Redis key.
+    pub key_prefix: Option<String>,
+    /// Tenants file; a relative path is relative to the config file's directory.
+    pub tenants: Option<PathBuf>,
+    /// Admin listen address (a section's `admin_addr` overrides it for that binary).
+    pub admin_addr: Option<String>,
+    /// Log format, `json` or `pretty`.
+    pub log_format: Option<String>,
+    /// High-water mark of waiting entries per queue.
+    pub queue_high_water: Option<u64>,
+    /// Public base URL of ingest.
+    pub public_url: Option<String>,
+    /// Meta Graph API base URL.
+    pub meta_api_base: Option<String>,
+    /// Twilio API base URL.
+    pub twilio_api_base: Option<String>,
+    /// Ingest listen address.
+    pub ingest_addr: Option<String>,
+    /// `[ingest]` section.
+    pub ingest: Option<toml::Table>,
+    /// `[prospects]` section.
+    pub prospects: Option<toml::Table>,
+    /// `[outbound]` section.
+    pub outbound: Option<toml::Table>,
+    /// `[scheduler]` section.
+    pub scheduler: Option<toml::Table>,
+    /// `[fleetctl]` section.
+    pub fleetctl: Option<toml::Table>,
+}
+
+impl FileConfig {
+    /// Parses a config file's text; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::ParseFile {
+            path: path.to_path_buf(),
+            message: toml_error_line(&e, text),
+        })
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    fn section_table(&self, name: &str) -> Option<&toml::Table> {
+        match name {
+            "ingest" => self.ingest.as_ref(),
+            "prospects" => self.prospects.as_ref(),
+            "outbound" => self.outbound.as_ref(),
+            "scheduler" => self.scheduler.as_ref(),
+            "fleetctl" => self.fleetctl.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Describes a TOML error on one line, with its line number, and without the source snippet that toml's own `Display`
+/// prints (the snippet could show a secret from a neighbouring key).
+pub(crate) fn toml_error_line(e: &toml::de::Error, text: &str) -> String {
+    let message = e.message().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {}", message.trim())
+        }
+        None => message.trim().to_owned(),
+    }
+}
+
+/// Where a setting's value came from; used in error messages so an operator knows which layer to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag (or, through clap, its environment variable).
+    Flag(&'static str),
+    /// An environment variable read by the config loader.
+    Env(&'static str),
+    /// A key of the config file.
+    File(PathBuf),
+    /// The built-in default.
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "{flag}"),
+            Origin::Env(var) => write!(f, "env {var}"),
+            Origin::File(path) => write!(f, "config file {}", path.display()),
+            Origin::Default => write!(f, "default"),
+        }
+    }
+}
+
+/// A configuration that cannot be used; its `Display` is one line and never contains a password or token.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has an unknown or mistyped key.
+    #[error("invalid config file {}: {message}", path.display())]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// One-line description with the line number.
+        message: String,
+    },
+    /// A setting has an invalid value.
+    #[error("invalid {setting} (from {origin}): {reason}")]
+    Invalid {
+        /// The setting's name, as in the config file.
+        setting: &'static str,
+        /// Where the bad value came from.
+        origin: Origin,
+        /// Why it is invalid; never contains the value when the value may hold a secret.
+        reason: String,
+    },
+    /// A per-binary section does not match the binary's settings.
+    #[error("invalid [{section}] section of config file {}: {message}", path.display())]
+    Section {
+        /// The section name.
+        section: String,
+        /// The config file.
+        path: PathBuf,
+        /// One-line description.
+        message: String,
+    },
+}
+
+/// The resolved, validated settings shared by every binary.
+///
+/// `Debug` redacts passwords in URLs; use [`redacted_url`] to log a URL.
+#[derive(Clone)]
+pub struct CommonConfig {
+    /// Redis URL (may contain a password: log it only through [`redacted_url`]).
+    pub redis_url: String,
+    /// Postgres URL (may contain a password: log it only through [`redacted_url`]).
+    pub database_url: String,
+    /// Prefix of every Redis key.
+    pub key_prefix: String,
+    /// Tenants file path (not read by `load`: call [`CommonConfig::load_tenants`] where tenants are needed).
+    pub tenants_path: PathBuf,
+    /// The config file that was read, if any.
+    pub config_path: Option<PathBuf>,
+    /// Admin listen address given by flag, env or the file's top level; see [`CommonConfig::admin_addr_for`].
+    pub admin_addr: Option<SocketAddr>,
+    /// Log format (resolved: a terminal check decides when nothing was given).
+    pub log_format: LogFormat,
+    /// Waiting entries of one queue above which ingest answers 503.
+    pub queue_high_water: u64,
+    /// Public base URL of ingest, without a trailing slash; `None` means "from the request's Host".
+    pub public_url: Option<String>,
+    /// Meta Graph API base URL, without a trailing slash.
+    pub meta_api_base: String,
+    /// Twilio API base URL, without a trailing slash.
+    pub twilio_api_base: String,
+    /// Ingest listen address.
+    pub ingest_addr: SocketAddr,
+    /// The parsed config file (empty when there is none), for per-binary sections.
+    file: FileConfig,
+    /// Where the admin address came from when it was given by flag or env (those beat a section's `admin_addr`).
+    admin_addr_from_cli_or_env: bool,
+}
+
+impl fmt::Debug for CommonConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommonConfig")
+            .field("redis_url", &redacted_url(&self.redis_url))
+            .field("database_url", &redacted_url(&self.database_url))
+            .field("key_prefix", &self.key_prefix)
+            .field("tenants_path", &self.tenants_path)
+            .field("config_path", &self.config_path)
+            .field("admin_addr", &self.admin_addr)
+            .field("log_format", &self.log_format)
+            .field("queue_high_water", &self.queue_high_water)
+            .field("public_url", &self.public_url.as_deref().map(redacted_url))
+            .field("meta_api_base", &redacted_url(&self.meta_api_base))
+            .field("twilio_api_base", &redacted_url(&self.twilio_api_base))
+            .field("ingest_addr", &self.ingest_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` with any password (and a username that looks like a token) replaced by `***`; `<invalid url>` when it does not parse.
+///
+/// Safe to log.
+pub fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<invalid url>".to_owned(),
+    }
+}
+
+/// One setting resolved through the layers, remembering where it came from.
+struct Layered<T> {
+    value: T,
+    origin: Origin,
+}
+
+/// Picks the first present layer: flag, env, file, default.
+// One argument per layer reads better at the call sites than a builder would.
+#[allow(clippy::too_many_arguments)]
+fn pick<T>(
+    flag: Option<T>,
+    flag_name: &'static str,
+    env_value: Option<String>,
+    env_name: &'static str,
+    file: Option<T>,
+    file_path: Option<&Path>,
+    default: T,
+    parse_env: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Layered<T>, ConfigError> {
+    if let Some(value) = flag {
+        return Ok(Layered {
+            value,
+            origin: Origin::Flag(flag_name),
+        });
+    }
+    if let Some(raw) = env_value {
+        let value = parse_env(raw.trim()).map_err(|reason| ConfigError::Invalid {
+            setting: env_setting_name(env_name),
+            origin: Origin::Env(env_name),
+            reason,
+        })?;
+        return Ok(Layered {
+            value,
+            origin: Origin::Env(env_name),
+        });
+    }
+    if let Some(value) = file {
+        let origin = Origin::File(file_path.map(Path::to_path_buf).unwrap_or_default());
+        return Ok(Layered { value, origin });
+    }
+    Ok(Layered {
+        value: default,
+        origin: Origin::Default,
+    })
+}
+
+fn env_setting_name(env: &'static str) -> &'static str {
+    match env {
+        "REDIS_URL" => "redis_url",
+        "DATABASE_URL" => "database_url",
+        "FLEET_KEY_PREFIX" => "key_prefix",
+        "FLEET_TENANTS" => "tenants",
+        "FLEET_ADMIN_ADDR" => "admin_addr",
+        "FLEET_LOG_FORMAT" => "log_format",
+        "FLEET_QUEUE_HIGH_WATER" => "queue_high_water",
+        "FLEET_PUBLIC_URL" => "public_url",
+        "FLEET_META_API_BASE" => "meta_api_base",
+        "FLEET_TWILIO_API_BASE" => "twilio_api_base",
+        "FLEET_INGEST_ADDR" => "ingest_addr",
+        _ => "setting",
+    }
+}
+
+fn parse_string(s: &str) -> Result<String, String> {
+    Ok(s.to_owned())
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    SocketAddr::from_str(s)
+        .map_err(|_| format!("`{s}` is not a socket address such as 0.0.0.0:8080"))
+}
+
+fn parse_u64(s: &str) -> Result<u64, String> {
+    s.parse()
+        .map_err(|_| format!("`{s}` is not a non-negative integer"))
+}
+
+fn invalid(setting: &'static str, origin: &Origin, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        origin: origin.clone(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks that `url` parses with one of `schemes`; the reason never repeats the URL, which may hold a password.
+fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
+    if !schemes.contains(&parsed.scheme()) {
+        return Err(format!(
+            "scheme `{}` is not one of {}",
+            parsed.scheme(),
+            schemes.join(", ")
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) && !parsed.scheme().contains("unix") {
+        return Err("the URL has no host".to_owned());
+    }
+    Ok(())
+}
+
+/// Validates an HTTP(S) base URL and returns it without a trailing slash, so callers can append `/path`.
+fn http_base(setting: &'static str, origin: &Origin, url: &str) -> Result<String, ConfigError> {
+    check_url(url, &["http", "https"]).map_err(|r| invalid(setting, origin, r))?;
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// Checks a key prefix: non-empty, no whitespace, no braces (braces would collide with the queue hash tags).
+pub fn validate_key_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if prefix.len() > 128 {
+        return Err("must be at most 128 bytes".to_owned());
+    }
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '{' | '}'))
+    {
+        return Err(format!(
+            "must not contain whitespace, control characters or braces (found {c:?})"
+        ));
+    }
+    Ok(())
+}
+
+impl CommonConfig {
+    /// Resolves the layers against the process environment and validates them.
+    pub fn load(args: &CommonArgs) -> Result<Self, ConfigError> {
+        Self::load_from(args, &ProcessEnv)
+    }
+
+    /// Resolves flags > `env` > the `FLEET_CONFIG` file > defaults, and validates every value.
+    pub fn load_from(args: &CommonArgs, env: &dyn Env) -> Result<Self, ConfigError> {
+        let config_path = args
+            .config
+            .clone()
+            .or_else(|| env_nonempty(env, "FLEET_CONFIG").map(PathBuf::from));
+        let file = match &config_path {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(args, env, config_path, file)
+    }
+
+    /// Like [`CommonConfig::load_from`] with the file's text given directly; `path` labels errors and anchors relative paths.
+    pub fn load_with_file_text(
+        args: &CommonArgs,
+        env: &dyn Env,
+        path: &Path,
+        text: &str,
+    ) -> Result<Self, ConfigError> {
+        let file = FileConfig::parse(text, path)?;
+        Self::resolve(args, env, Some(path.to_path_buf()), file)
+    }
+
+    fn resolve(
+        args: &CommonArgs,
+        env: &dyn Env,
+        config_path: Option<PathBuf>,
+        file: FileConfig,
+    ) -> Result<Self, ConfigError> {
+        let fp = config_path.as_deref();
+        let config_dir = fp
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let e = |name| env_nonempty(env, name);
+
+        let redis = pick(
+            args.redis_url.clone(),
+            "--redis-url",
+            e("REDIS_URL"),
+            "REDIS_URL",
+            file.redis_url.clone(),
+            fp,
+            DEFAULT_REDIS_URL.to_owned(),
+            parse_string,
+        )?;
+        check_url(
+            &redis.value,
+            &[
+                "redis",
+                "rediss",
+                "redis-cluster",
+                "rediss-cluster",
+                "redis+unix",
+                "unix",
+            ],
+        )
+        .map_err(|r| invalid("redis_url", &redis.origin, r))?;
+
+        let database = pick(
+            args.database_url.clone(),
+            "--database-url",
+            e("DATABASE_URL"),
+            "DATABASE_URL",
+            file.database_url.clone(),
+            fp,
+            DEFAULT_DATABASE_URL.to_owned(),
+            parse_string,
+        )?;
+        check_url(&database.value, &["postgres", "postgresql"])
+            .map_err(|r| invalid("database_url", &database.origin, r))?;
+
+        let prefix = pick(
+            args.key_prefix.clone(),
+            "--prefix",
+            e("FLEET_KEY_PREFIX"),
+            "FLEET_KEY_PREFIX",
+            file.key_prefix.clone(),
+            fp,
+            DEFAULT_KEY_PREFIX.to_owned(),
+            parse_string,
+        )?;
+        validate_key_prefix(&prefix.value).map_err(|r| invalid("key_prefix", &prefix.origin, r))?;
+
+        // A relative tenants path in the file is relative to the file; the default sits next to the file.
+        let file_tenants = file.tenants.as_ref().map(|p| {
+            if p.is_relative() {
+                config_dir.join(p)
+            } else {
+                p.clone()
+            }
+        });
+        let tenants = pick(
+            args.tenants.clone(),
+            "--tenants",
+            e("FLEET_TENANTS"),
+            "FLEET_TENANTS",
+            file_tenants,
+            fp,
+            config_dir.join(DEFAULT_TENANTS_FILE),
+            |s| Ok(PathBuf::from(s)),
+        )?;
+        if tenants.value.as_os_str().is_empty() {
+            return Err(invalid("tenants", &tenants.origin, "must not be empty"));
+        }
+
+        let file_admin = match &file.admin_addr {
+            Some(s) => Some(parse_addr(s).map_err(|r| {
+                invalid(
+                    "admin_addr",
+                    &Origin::File(fp.map(Path::to_path_buf).unwrap_or_default()),
+                    r,
+                )
+            })?),
+            None => None,
+        };
+        let admin_given = args.admin_addr.is_some() || e("FLEET_ADMIN_ADDR").is_some();
+        let admin = match (args.admin_addr, e("FLEET_ADMIN_ADDR")) {
+            (Some(a), _) => Some(a),
+            (None, Some(raw)) => Some(
+                parse_addr(raw.trim())
+                    .map_err(|r| invalid("admin_addr", &Origin::Env("FLEET_ADMIN_ADDR"), r))?,
+            ),
+            (None, None) => file_admin,
+        };
+
+        let file_log = match &file.log_format {
+            Some(s) => Some(LogFormat::from_str(s).map_err(|r| {
+                invalid(
+                    "log_format",
+                    &Origin::File(fp.map(Path::to_path_buf).unwrap_or_default()),
+                    r,
+                )
+            })?),
+            None => None,
+        };
+        let log_format = pick(
+            args.log_format,
+            "--log-format",
+            e("FLEET_LOG_FORMAT"),
+            "FLEET_LOG_FORMAT",
+            file_log,
+            fp,
+            LogFormat::detect(),
+            LogFormat::from_str,
+        )?;
+
+        let high_water = pick(
+            args.queue_high_water,
+            "--queue-high-water",
+            e("FLEET_QUEUE_HIGH_WATER"),
+            "FLEET_QUEUE_HIGH_WATER",
+            file.queue_high_water,
+            fp,
+            DEFAULT_QUEUE_HIGH_WATER,
+            parse_u64,
+        )?;
+        if high_water.value == 0 {
+            return Err(invalid(
+                "queue_high_water",
+                &high_water.origin,
+                "must be at least 1",
+            ));
+        }
+
+        let public = pick(
+            args.public_url.clone().map(Some),
+            "--public-url",
+            e("FLEET_PUBLIC_URL"),
+            "FLEET_PUBLIC_URL",
+            file.public_url.clone().map(Some),
+            fp,
+            None,
+            |s| Ok(Some(s.to_owned())),
+        )?;
+        let public_url = match &public.value {
+            Some(u) => Some(http_base("public_url", &public.origin, u)?),
+            None => None,
+        };
+
+        let meta = pick(
+            args.meta_api_base.clone(),
+            "--meta-api-base",
+            e("FLEET_META_API_BASE"),
+            "FLEET_META_API_BASE",
+            file.meta_api_base.clone(),
+            fp,
+            DEFAULT_META_API_BASE.to_owned(),
+            parse_string,
+        )?;
+        let meta_api_base = http_base("meta_api_base", &meta.origin, &meta.value)?;
+
+        let twilio = pick(
+            args.twilio_api_base.clone(),
+            "--twilio-api-base",
+            e("FLEET_TWILIO_API_BASE"),
+            "FLEET_TWILIO_API_BASE",
+            file.twilio_api_base.clone(),
+            fp,
+            DEFAULT_TWILIO_API_BASE.to_owned(),
+            parse_string,
+        )?;
+        let twilio_api_base = http_base("twilio_api_base", &twilio.origin, &twilio.value)?;
+
+        let file_ingest = match &file.ingest_addr {
+            Some(s) => Some(parse_addr(s).map_err(|r| {
+                invalid(
+                    "ingest_addr",
+                    &Origin::File(fp.map(Path::to_path_buf).unwrap_or_default()),
+                    r,
+                )
+            })?),
+            None => None,
+        };
+        let ingest = pick(
+            args.ingest_addr,
+            "--ingest-addr",
+            e("FLEET_INGEST_ADDR"),
+            "FLEET_INGEST_ADDR",
+            file_ingest,
+            fp,
+            SocketAddr::from_str(DEFAULT_INGEST_ADDR).expect("default ingest address parses"),
+            parse_addr,
+        )?;
+
+        // Validate every section's admin_addr now, so a typo fails at start rather than when that binary asks.
+        for name in SECTIONS {
+            if let Some(raw) = file.section_table(name).and_then(|t| t.get("admin_addr")) {
+                let ok = raw.as_str().map(parse_addr);
+                if !matches!(ok, Some(Ok(_))) {
+                    return Err(ConfigError::Section {
+                        section: name.to_owned(),
+                        path: fp.map(Path::to_path_buf).unwrap_or_default(),
+                        message:
+                            "admin_addr must be a socket address string such as \"0.0.0.0:9090\""
+                                .to_owned(),
+                    });
+                }
+            }
+        }
+
+        Ok(Self {
+            redis_url: redis.value,
+            database_url: database.value,
+            key_prefix: prefix.value,
+            tenants_path: tenants.value,
+            config_path,
+            admin_addr: admin,
+            log_format: log_format.value,
+            queue_high_water: high_water.value,
+            public_url,
+            meta_api_base,
+            twilio_api_base,
+            ingest_addr: ingest.value,
+            file,
+            admin_addr_from_cli_or_env: admin_given,
+        })
+    }
+
+    /// Deserializes the per-binary section `name` (`ingest`, `prospects`, `outbound`, `scheduler`, `fleetctl`) into `T`.
+    ///
+    /// A missing section gives `T::default()`.
+    /// The `admin_addr` key is removed first (it is read by [`CommonConfig::admin_addr_for`]), so `T` may use
+    /// `#[serde(deny_unknown_fields)]` without declaring it.
+    pub fn section<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T, ConfigError> {
+        let Some(table) = self.file.section_table(name) else {
+            return Ok(T::default());
+        };
+        let mut table = table.clone();
+        table.remove("admin_addr");
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Section {
+                section: name.to_owned(),
+                path: self.config_path.clone().unwrap_or_default(),
+                message: e.message().replace('\n', " ").trim().to_owned(),
+            })
+    }
+
+    /// The admin address for the binary whose section is `section`.
+    ///
+    /// Order: `--admin-addr` / `FLEET_ADMIN_ADDR`, then `[section].admin_addr`, then the file's top-level `admin_addr`,
+    /// then `0.0.0.0:<default_port>`.
+    /// Per-binary ports let every binary run side by side on one host with one config file.
+    pub fn admin_addr_for(&self, section: &str, default_port: u16) -> SocketAddr {
+        if self.admin_addr_from_cli_or_env
+            && let Some(addr) = self.admin_addr
+        {
+            return addr;
+        }
+        let from_section = self
+            .file
+            .section_table(section)
+            .and_then(|t| t.get("admin_addr"))
+            .and_then(toml::Value::as_str)
+            .and_then(|s| SocketAddr::from_str(s).ok());
+        from_section
+            .or(self.admin_addr)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port)))
+    }
+
+    /// Loads the tenants file named by this config into a reloadable handle.
+    pub fn load_tenants(
+        &self,
+    ) -> Result<crate::tenants::TenantsHandle, crate::tenants::TenantsError> {
+        crate::tenants::TenantsHandle::load(&self.tenants_path)
+    }
+}
+
+/// Default admin ports, one per binary, so replicas of different binaries can share a host without configuration.
+pub mod admin_ports {
+    /// `fleet-ingest`.
+    pub const INGEST: u16 = 9090;
+    /// `fleet-prospects`.
+    pub const PROSPECTS: u16 = 9091;
+    /// `fleet-outbound`.
+    pub const OUTBOUND: u16 = 9092;
+    /// `fleet-scheduler`.
+    pub const SCHEDULER: u16 = 9093;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn load(
+        args: &CommonArgs,
+        env_pairs: &[(&str, &str)],
+        file: Option<&str>,
+    ) -> Result<CommonConfig, ConfigError> {
+        let env = env(env_pairs);
+        match file {
+            Some(text) => CommonConfig::load_with_file_text(
+                args,
+                &env,
+                Path::new("/etc/fleet/fleet.toml"),
+                text,
+            ),
+            None => CommonConfig::load_from(args, &env),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cfg = load(&CommonArgs::default(), &[], None).unwrap();
+        assert_eq!(cfg.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(cfg.database_url, "postgres://postgres@127.0.0.1:5432/fleet");
+        assert_eq!(cfg.key_prefix, "fleet");
+        assert_eq!(cfg.tenants_path, PathBuf::from("tenants.toml"));
+        assert_eq!(cfg.ingest_addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(cfg.queue_high_water, 1_000_000);
+        assert_eq!(cfg.meta_api_base, "https://graph.facebook.com/v23.0");
+        assert_eq!(cfg.twilio_api_base, "https://api.twilio.com");
+        assert_eq!(cfg.public_url, None);
+        assert_eq!(cfg.admin_addr, None);
+        assert_eq!(
+            cfg.admin_addr_for("ingest", admin_ports::INGEST),
+            "0.0.0.0:9090".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let file = r#"
+            redis_url = "redis://file:6379"
+            database_url = "postgres://file/db"
+            key_prefix = "file"
+            queue_high_water = 30
+            meta_api_base = "http://file-meta"
+        "#;
+        let args = CommonArgs {
+            redis_url: Some("redis://flag:6379".into()),
+            ..Default::default()
+        };
+        let cfg = load(
+            &args,
+            &[
+                ("REDIS_URL", "redis://env:6379"),
+                ("DATABASE_URL", "postgres://env/db"),
+                ("FLEET_QUEUE_HIGH_WATER", "20"),
+            ],
+            Some(file),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.redis_url, "redis://flag:6379",
+            "flag beats env and file"
+        );
+        assert_eq!(cfg.database_url, "postgres://env/db", "env beats file");
+        assert_eq!(cfg.queue_high_water, 20, "env beats file");
+        assert_eq!(cfg.key_prefix, "file", "file beats default");
+        assert_eq!(cfg.meta_api_base, "http://file-meta", "file beats default");
+        assert_eq!(
+            cfg.twilio_api_base, DEFAULT_TWILIO_API_BASE,
+            "default when nothing is given"
+        );
+        assert_eq!(
+            cfg.config_path.as_deref(),
+            Some(Path::new("/etc/fleet/fleet.toml"))
+        );
+    }
+
+    #[test]
+    fn empty_env_values_count_as_unset() {
+        let cfg = load(
+            &CommonArgs::default(),
+            &[("FLEET_KEY_PREFIX", ""), ("REDIS_URL", "  ")],
+            None,
+        )
+        .unwrap();
+        assert_eq!(cfg.key_prefix, "fleet");
+        assert_eq!(cfg.redis_url, DEFAULT_REDIS_URL);
+    }
+
+    #[test]
+    fn tenants_default_sits_next_to_the_config_file() {
+        let cfg = load(&CommonArgs::default(), &[], Some("")).unwrap();
+        assert_eq!(cfg.tenants_path, PathBuf::from("/etc/fleet/tenants.toml"));
+        let cfg = load(
+            &CommonArgs::default(),
+            &[],
+            Some(r#"tenants = "t/other.toml""#),
+        )
+        .unwrap();
+        assert_eq!(cfg.tenants_path, PathBuf::from("/etc/fleet/t/other.toml"));
+        let cfg = load(
+            &CommonArgs::default(),
+            &[("FLEET_TENANTS", "/x/t.toml")],
+            Some(""),
+        )
+        .unwrap();
+        assert_eq!(cfg.tenants_path, PathBuf::from("/x/t.toml"));
+    }
+
+    #[test]
+    fn config_file_is_read_from_fleet_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.toml");
+        std::fs::write(&path, "key_prefix = \"fromfile\"\n").unwrap();
+        let cfg = load(
+            &CommonArgs::default(),
+            &[("FLEET_CONFIG", path.to_str().unwrap())],
+            None,
+        )
+        .unwrap();
+        assert_eq!(cfg.key_prefix, "fromfile");
+        assert_eq!(cfg.tenants_path, dir.path().join("tenants.toml"));
+
+        let missing = dir.path().join("missing.toml");
+        let args = CommonArgs {
+            config: Some(missing),
+            ..Default::default()
+        };
+        let err = load(&args, &[], None).unwrap_err().to_string();
+        assert!(err.starts_with("cannot read config file"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected_with_a_line_number() {
+        let err = load(
+            &CommonArgs::default(),
+            &[],
+            Some("key_prefix = \"a\"\nredis_ul = \"redis://x\"\n"),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("redis_ul"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    #[test]
+    fn file_parse_errors_do_not_echo_neighbouring_secrets() {
+        let text = "redis_url = \"redis://:hunter2@h:6379\"\nqueue_high_water = \"many\"\n";
+        let msg = load(&CommonArgs::default(), &[], Some(text))
+            .unwrap_err()
+            .to_string();
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn validation_errors_are_one_line_and_name_the_source() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("REDIS_URL", "http://h:1")],
+                "invalid redis_url (from env REDIS_URL): scheme `http`",
+            ),
+            (
+                &[("REDIS_URL", "not a url")],
+                "invalid redis_url (from env REDIS_URL): not a URL",
+            ),
+            (
+                &[("DATABASE_URL", "mysql://h/db")],
+                "invalid database_url (from env DATABASE_URL)",
+            ),
+            (
+                &[("FLEET_KEY_PREFIX", "a b")],
+                "invalid key_prefix (from env FLEET_KEY_PREFIX): must not contain",
+            ),
+            (&[("FLEET_KEY_PREFIX", "a{b}")], "invalid key_prefix"),
+            (
+                &[("FLEET_INGEST_ADDR", "localhost")],
+                "invalid ingest_addr (from env FLEET_INGEST_ADDR)",
+            ),
+            (
+                &[("FLEET_ADMIN_ADDR", ":90")],
+                "invalid admin_addr (from env FLEET_ADMIN_ADDR)",
+            ),
+            (
+                &[("FLEET_QUEUE_HIGH_WATER", "-1")],
+                "invalid queue_high_water",
+            ),
+            (&[("FLEET_QUEUE_HIGH_WATER", "0")], "must be at least 1"),
+            (&[("FLEET_LOG_FORMAT", "xml")], "invalid log_format"),
+            (
+                &[("FLEET_META_API_BASE", "ftp://x")],
+                "invalid meta_api_base",
+            ),
+            (&[("FLEET_PUBLIC_URL", "example.com")], "invalid public_url"),
+        ];
+        for (env_pairs, expected) in cases {
+            let msg = load(&CommonArgs::default(), env_pairs, None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.starts_with("invalid ") && msg.contains(expected),
+                "{env_pairs:?}: {msg}"
+            );
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+        let args = CommonArgs {
+            key_prefix: Some(String::new()),
+            ..Default::default()
+        };
+        let msg = load(&args, &[], None).unwrap_err().to_string();
+        assert_eq!(msg, "invalid key_prefix (from --prefix): must not be empty");
+        let msg = load(&CommonArgs::default(), &[], Some("ingest_addr = \"nope\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("invalid ingest_addr (from config file /etc/fleet/fleet.toml)"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn url_errors_never_contain_the_password() {
+        let msg = load(
+            &CommonArgs::default(),
+            &[("REDIS_URL", "http://u:s3cretpw@h:1")],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!msg.contains("s3cretpw"), "{msg}");
+        let msg = load(
+            &CommonArgs::default(),
+            &[("DATABASE_URL", "postgres://u:s3cretpw@")],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!msg.contains("s3cretpw"), "{msg}");
+    }
+
+    #[test]
+    fn debug_redacts_url_passwords() {
+        let cfg = load(
+            &CommonArgs::default(),
+            &[
+                ("REDIS_URL", "redis://user:r3dispw@h:6379"),
+                ("DATABASE_URL", "postgres://u:pgs3cret@h/db"),
+            ],
+            None,
+        )
+        .unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(
+            !dbg.contains("r3dispw") && !dbg.contains("pgs3cret"),
+            "{dbg}"
+        );
+        assert!(dbg.contains("redis://user:***@h:6379"), "{dbg}");
+        assert_eq!(
+            redacted_url("postgres://u:pw@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redacted_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redacted_url("::nope"), "<invalid url>");
+    }
+
+    #[test]
+    fn base_urls_lose_their_trailing_slash() {
+        let cfg = load(
+            &CommonArgs::default(),
+            &[
+                ("FLEET_TWILIO_API_BASE", "http://127.0.0.1:9999/"),
+                ("FLEET_PUBLIC_URL", "https://hooks.example.com/"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(cfg.twilio_api_base, "http://127.0.0.1:9999");
+        assert_eq!(cfg.public_url.as_deref(), Some("https://hooks.example.com"));
+    }
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct OutboundSection {
+        #[serde(default)]
+        concurrency: u32,
+        #[serde(default)]
+        max_attempts: Option<u32>,
+    }
+
+    #[test]
+    fn sections_deserialize_into_binary_structs() {
+        let file = r#"
+            admin_addr = "127.0.0.1:9000"
+            [outbound]
+            admin_addr = "127.0.0.1:9102"
+            concurrency = 64
+            [scheduler]
+            concurency = 1
+        "#;
+        let cfg = load(&CommonArgs::default(), &[], Some(file)).unwrap();
+        let out: OutboundSection = cfg.section("outbound").unwrap();
+        assert_eq!(
+            out,
+            OutboundSection {
+                concurrency: 64,
+                max_attempts: None
+            }
+        );
+        let missing: OutboundSection = cfg.section("prospects").unwrap();
+        assert_eq!(missing, OutboundSection::default());
+        let msg = cfg
+            .section::<OutboundSection>("scheduler")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("[scheduler]") && msg.contains("concurency"),
+            "{msg}"
+        );
+
+        assert_eq!(
+            cfg.admin_addr_for("outbound", 1),
+            "127.0.0.1:9102".parse().unwrap()
+        );
+        assert_eq!(
+            cfg.admin_addr_for("ingest", 1),
+            "127.0.0.1:9000".parse().unwrap()
+        );
+        let cfg = load(
+            &CommonArgs::default(),
+            &[("FLEET_ADMIN_ADDR", "127.0.0.1:7000")],
+            Some(file),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.admin_addr_for("outbound", 1),
+            "127.0.0.1:7000".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn unknown_sections_and_bad_section_admin_addr_are_rejected() {
+        let msg = load(&CommonArgs::default(), &[], Some("[ingset]\nx = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("ingset"), "{msg}");
+        let msg = load(
+            &CommonArgs::default(),
+            &[],
+            Some("[ingest]\nadmin_addr = \"x\"\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("[ingest]") && msg.contains("admin_addr"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn clap_flags_parse_and_flatten() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: CommonArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "bin",
+            "--key-prefix",
+            "p1",
+            "--log-format",
+            "json",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--queue-high-water",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(cli.common.key_prefix.as_deref(), Some("p1"));
+        assert_eq!(cli.common.log_format, Some(LogFormat::Json));
+        let cfg = CommonConfig::load_from(&cli.common, &HashMap::<String, String>::new()).unwrap();
+        assert_eq!(cfg.key_prefix, "p1");
+        assert_eq!(cfg.queue_high_water, 5);
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["bin", "--prefix", "p2"]).is_ok());
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn example_file_parses_and_matches_the_defaults() {
+        let text = include_str!("../../../config/fleet.example.toml");
+        let cfg = load(&CommonArgs::default(), &[], Some(text)).unwrap();
+        assert_eq!(cfg.redis_url, DEFAULT_REDIS_URL);
+        // Uncommenting every top-level setting must give a valid file with the documented defaults.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") && !rest.contains(',') => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = load(&CommonArgs::default(), &[], Some(&uncommented)).unwrap();
+        assert_eq!(cfg.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(cfg.key_prefix, DEFAULT_KEY_PREFIX);
+        assert_eq!(cfg.queue_high_water, DEFAULT_QUEUE_HIGH_WATER);
+        assert_eq!(cfg.meta_api_base, DEFAULT_META_API_BASE);
+        assert_eq!(cfg.twilio_api_base, DEFAULT_TWILIO_API_BASE);
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        assert_eq!(cfg.public_url.as_deref(), Some("https://hooks.example.com"));
+        assert_eq!(
+            cfg.admin_addr_for("outbound", 1),
+            "0.0.0.0:9092".parse().unwrap()
+        );
+    }
+}
