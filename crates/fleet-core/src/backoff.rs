@@ -20,7 +20,10 @@ pub struct Backoff {
 
 impl Backoff {
     /// The default: from 1 s, doubling, up to 5 min.
-    pub const DEFAULT: Backoff = Backoff { initial_ms: 1_000, max_ms: 300_000 };
+    pub const DEFAULT: Backoff = Backoff {
+        initial_ms: 1_000,
+        max_ms: 300_000,
+    };
 
     /// Builds a policy from durations.
     pub fn new(initial: Duration, max: Duration) -> Self {
@@ -37,7 +40,10 @@ impl Backoff {
             return Duration::ZERO;
         }
         let exponent = (failed_attempts - 1).min(63);
-        let ceiling = self.initial_ms.saturating_mul(1u64 << exponent).min(self.max_ms);
+        let ceiling = self
+            .initial_ms
+            .saturating_mul(1u64 << exponent)
+            .min(self.max_ms);
         Duration::from_millis(ceiling)
     }
 
@@ -79,9 +85,16 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(7);
         let delays: Vec<_> = (0..200).map(|_| b.delay(6, &mut rng)).collect();
         let distinct: std::collections::HashSet<_> = delays.iter().collect();
-        assert!(distinct.len() > 150, "full jitter must spread retries, got {}", distinct.len());
+        assert!(
+            distinct.len() > 150,
+            "full jitter must spread retries, got {}",
+            distinct.len()
+        );
         let below_half = delays.iter().filter(|d| **d < b.ceiling(6) / 2).count();
-        assert!((60..140).contains(&below_half), "about half below the midpoint, got {below_half}");
+        assert!(
+            (60..140).contains(&below_half),
+            "about half below the midpoint, got {below_half}"
+        );
     }
 
     proptest! {

@@ -41,7 +41,9 @@ impl FromStr for Provider {
         match s {
             "meta" => Ok(Provider::Meta),
             "twilio" => Ok(Provider::Twilio),
-            other => Err(format!("unknown provider {other:?}: expected meta or twilio")),
+            other => Err(format!(
+                "unknown provider {other:?}: expected meta or twilio"
+            )),
         }
     }
 }

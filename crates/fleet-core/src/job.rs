@@ -73,7 +73,10 @@ impl Default for EnqueueOptions {
 impl EnqueueOptions {
     /// Options with the given priority and every other field at its default.
     pub fn with_priority(priority: Priority) -> Self {
-        EnqueueOptions { priority, ..Default::default() }
+        EnqueueOptions {
+            priority,
+            ..Default::default()
+        }
     }
 
     /// Sets the idempotency key.

@@ -8,8 +8,8 @@ pub mod wire;
 
 pub use backoff::Backoff;
 pub use event::{
-    DeliveryStatus, InboundBody, InboundEvent, InboundMessage, MediaRef, OutboundBody, OutboundMessage,
-    Provider, StatusEvent,
+    DeliveryStatus, InboundBody, InboundEvent, InboundMessage, MediaRef, OutboundBody,
+    OutboundMessage, Provider, StatusEvent,
 };
 pub use job::{EnqueueOptions, JobId};
 pub use priority::Priority;

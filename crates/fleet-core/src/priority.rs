@@ -5,21 +5,18 @@ use std::{fmt, str::FromStr};
 use serde::{Deserialize, Serialize};
 
 /// How urgently a job should run relative to the other jobs of its queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// Served first: interactive and button replies, human agents' messages.
     High,
     /// Ordinary messages.
+    #[default]
     Normal,
     /// Status events and bulk work.
     Low,
-}
-
-impl Default for Priority {
-    fn default() -> Self {
-        Priority::Normal
-    }
 }
 
 impl Priority {

@@ -48,9 +48,20 @@ mod tests {
 
     #[test]
     fn reordered_and_added_fields_still_decode() {
-        let bytes = encode(&V1 { a: 7, b: "x".into() }).unwrap();
+        let bytes = encode(&V1 {
+            a: 7,
+            b: "x".into(),
+        })
+        .unwrap();
         let v2: V2 = decode(&bytes).unwrap();
-        assert_eq!(v2, V2 { b: "x".into(), a: 7, c: None });
+        assert_eq!(
+            v2,
+            V2 {
+                b: "x".into(),
+                a: 7,
+                c: None
+            }
+        );
     }
 
     #[test]

@@ -1,1 +1,23 @@
-//! fleet-queue.
+#![doc = include_str!("../README.md")]
+
+mod broker;
+mod consumer;
+mod dlq;
+mod entry;
+mod error;
+mod inspect;
+pub mod keys;
+mod maintenance;
+mod queue;
+
+pub use broker::{Broker, COMMAND_BUFFER_LIMIT, COMMAND_TIMEOUT_DEFAULT};
+pub use consumer::{
+    Consumer, ConsumerOptions, DEAD_LETTER_CAP_DEFAULT, Delivery, GROUP_DEFAULT, PriorityMode,
+    RetryAfter, RetryOutcome, unique_consumer_name,
+};
+pub use dlq::{DeadEntry, REPLAY_CHUNK};
+pub use entry::StoredJob;
+pub use error::{Error, Result};
+pub use inspect::{ConsumerInfo, GroupStats, PeekedJob, PriorityStats, QueueStats};
+pub use maintenance::{Reclaimed, Retention};
+pub use queue::{Enqueued, Queue, now_ms};

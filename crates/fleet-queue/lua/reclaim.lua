@@ -1,0 +1,40 @@
+-- Recovers entries of one stream whose consumer held them longer than the lease (a crashed or
+-- stuck worker): each is acknowledged for the old holder and appended again, with its attempt
+-- counted, so any live consumer takes it; one whose attempts are exhausted goes to the
+-- dead-letter stream with the reason "stalled".
+-- KEYS[1] = the stream, KEYS[2] = the dead-letter stream
+-- ARGV[1] = group, ARGV[2] = lease (min idle) in ms, ARGV[3] = most entries to handle,
+-- ARGV[4] = now in ms, ARGV[5] = dead-letter stream cap, ARGV[6] = priority name
+-- Returns {requeued, dead_lettered, gone} (gone: pending ids whose entry was already trimmed).
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[2], '-', '+', ARGV[3])
+local requeued, dead, gone = 0, 0, 0
+for _, p in ipairs(pending) do
+  local id = p[1]
+  local found = redis.call('XRANGE', KEYS[1], id, id)
+  redis.call('XACK', KEYS[1], ARGV[1], id)
+  if #found == 0 then
+    gone = gone + 1
+  else
+    local f = found[1][2]
+    local attempts, max = nil, nil
+    for i = 1, #f, 2 do
+      if f[i] == 'a' then attempts = i + 1 end
+      if f[i] == 'm' then max = tonumber(f[i + 1]) end
+    end
+    local a = 1
+    if attempts then
+      a = (tonumber(f[attempts]) or 0) + 1
+      f[attempts] = tostring(a)
+    end
+    if max == nil or a >= max then
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'reason', 'stalled',
+        'error', 'lease expired ' .. p[4] .. ' time(s) without acknowledgement',
+        'orig', id, 'prio', ARGV[6], 'died', ARGV[4], unpack(f))
+      dead = dead + 1
+    else
+      redis.call('XADD', KEYS[1], '*', unpack(f))
+      requeued = requeued + 1
+    end
+  end
+end
+return {requeued, dead, gone}

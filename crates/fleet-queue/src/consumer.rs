@@ -1,0 +1,609 @@
+//! Consuming a queue: batched reads across the three priority streams, acknowledgement, retry
+//! through the delayed set, and dead-lettering.
+
+use std::time::{Duration, Instant};
+
+use fleet_core::{Backoff, JobId, Priority, wire};
+use fred::{cmd, prelude::*, types::Value};
+use rand::Rng;
+use serde::de::DeserializeOwned;
+
+use crate::{
+    Error, Queue, Result,
+    entry::{StoredJob, parse_entry, text_of},
+    queue::now_ms,
+};
+
+/// Default consumer group of every queue.
+pub const GROUP_DEFAULT: &str = "workers";
+/// Default cap of a queue's dead-letter stream (approximate `MAXLEN`): a safety bound far above
+/// the retention the scheduler enforces, so memory stays bounded even without a scheduler.
+pub const DEAD_LETTER_CAP_DEFAULT: u64 = 1_000_000;
+
+/// How a consumer shares its batches among the priority levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriorityMode {
+    /// Highest priority first; a lower level gets only what is left.
+    Strict,
+    /// Each level gets at least its share of a batch while it has entries (so `low` is never
+    /// starved by a saturated `high`); what a level leaves unused goes to the others, highest first.
+    Weighted {
+        /// Weight of `high`.
+        high: u32,
+        /// Weight of `normal`.
+        normal: u32,
+        /// Weight of `low`.
+        low: u32,
+    },
+}
+
+impl Default for PriorityMode {
+    /// Weighted 6/3/1, as Asynq's documented example.
+    fn default() -> Self {
+        PriorityMode::Weighted {
+            high: 6,
+            normal: 3,
+            low: 1,
+        }
+    }
+}
+
+impl PriorityMode {
+    /// The first-pass quota of each level for a batch of `batch` entries.
+    pub fn quotas(self, batch: usize) -> [usize; 3] {
+        match self {
+            PriorityMode::Strict => [batch; 3],
+            PriorityMode::Weighted { high, normal, low } => {
+                let total = (high + normal + low).max(1) as usize;
+                // Round up, so a level with a non-zero weight gets at least one entry per batch.
+                [high, normal, low].map(|w| (batch * w as usize).div_ceil(total))
+            }
+        }
+    }
+}
+
+/// Options of a [`Consumer`].
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Consumer group; every replica of one worker kind uses the same group.
+    pub group: String,
+    /// This consumer's name, unique across every replica (see [`unique_consumer_name`]).
+    pub consumer: String,
+    /// Most entries one [`Consumer::next_batch`] returns.
+    pub batch_size: usize,
+    /// Once a batch has its first entry, how long to wait for more before returning it.
+    pub linger: Duration,
+    /// How long one [`Consumer::next_batch`] waits when there is nothing to do.
+    pub block: Duration,
+    /// How batches are shared among priority levels.
+    pub mode: PriorityMode,
+    /// Cap of the dead-letter stream.
+    pub dead_letter_cap: u64,
+}
+
+impl ConsumerOptions {
+    /// Options with a fresh unique consumer name for `role` and the defaults: group
+    /// [`GROUP_DEFAULT`], batches of 100, linger 10 ms, block 2 s, weighted 6/3/1.
+    pub fn new(role: &str) -> Self {
+        ConsumerOptions {
+            group: GROUP_DEFAULT.into(),
+            consumer: unique_consumer_name(role),
+            batch_size: 100,
+            linger: Duration::from_millis(10),
+            block: Duration::from_secs(2),
+            mode: PriorityMode::default(),
+            dead_letter_cap: DEAD_LETTER_CAP_DEFAULT,
+        }
+    }
+}
+
+/// A consumer name unique across processes and machines: `<role>-<host>-<pid>-<random>`.
+pub fn unique_consumer_name(role: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let tag: u32 = rand::rng().random();
+    format!("{role}-{host}-{}-{tag:08x}", std::process::id())
+}
+
+/// One job handed to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The entry's id in its stream.
+    pub stream_id: String,
+    /// The stream (priority level) it was read from.
+    pub priority: Priority,
+    /// The job's id, stable across retries.
+    pub job_id: JobId,
+    /// Failed attempts before this one.
+    pub attempts: u32,
+    /// Attempts the job gets in all.
+    pub max_attempts: u32,
+    /// The job's backoff policy.
+    pub backoff: Backoff,
+    /// When the job was first enqueued, in Unix ms.
+    pub enqueued_at_ms: u64,
+    /// The payload, MessagePack.
+    pub payload: Vec<u8>,
+}
+
+impl Delivery {
+    /// Decodes the payload.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, wire::DecodeError> {
+        wire::decode(&self.payload)
+    }
+
+    fn stored(&self) -> StoredJob {
+        StoredJob {
+            job_id: self.job_id.clone(),
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            enqueued_at_ms: self.enqueued_at_ms,
+            payload: self.payload.clone(),
+        }
+    }
+}
+
+/// When a failed job runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAfter {
+    /// After the job's backoff policy's delay (full jitter).
+    Backoff,
+    /// After exactly this delay, for example a provider's `Retry-After`.
+    Exactly(Duration),
+}
+
+/// What [`Consumer::retry`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// The job waits in the delayed set for this long.
+    Scheduled {
+        /// Delay until the next attempt.
+        delay: Duration,
+    },
+    /// The job had no attempt left and went to the dead-letter stream (reason `max_attempts`).
+    DeadLettered,
+    /// The entry was no longer this consumer's (reclaimed after a stall, or already settled);
+    /// nothing was written.
+    Stale,
+}
+
+/// A consumer of one queue. Not `Clone`: each concurrent reader gets its own (with its own name).
+pub struct Consumer {
+    queue: Queue,
+    options: ConsumerOptions,
+    blocking: Client,
+    stream_names: Vec<Value>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("queue", &self.queue.name())
+            .field("consumer", &self.options.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    pub(crate) async fn new(queue: Queue, options: ConsumerOptions) -> Result<Consumer> {
+        if options.batch_size == 0 {
+            return Err(Error::Invalid("batch_size must be at least 1".into()));
+        }
+        queue.ensure_group(&options.group).await?;
+        // Register on every stream now, so operators see the consumer before it reads anything
+        // (Redis creates a consumer only when it is served an entry).
+        for stream in queue.keys.streams() {
+            let _: Value = queue
+                .broker
+                .client()
+                .custom(
+                    cmd!("XGROUP", hash: fred::types::ClusterHash::Offset(1)),
+                    vec![
+                        "CREATECONSUMER",
+                        stream.as_str(),
+                        options.group.as_str(),
+                        options.consumer.as_str(),
+                    ],
+                )
+                .await?;
+        }
+        let blocking = queue.broker.dedicated_connection().await?;
+        let stream_names = queue
+            .keys
+            .streams()
+            .iter()
+            .map(|s| s.as_str().into())
+            .collect();
+        Ok(Consumer {
+            queue,
+            options,
+            blocking,
+            stream_names,
+        })
+    }
+
+    /// The queue consumed.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// This consumer's options.
+    pub fn options(&self) -> &ConsumerOptions {
+        &self.options
+    }
+
+    /// Waits for the next batch: up to `batch_size` entries, or what arrived within `linger` of
+    /// the first one; empty after `block` with nothing to do, or while the queue is paused.
+    /// Entries that are not valid jobs are dead-lettered here (reason `poison`), never returned.
+    pub async fn next_batch(&mut self) -> Result<Vec<Delivery>> {
+        let size = self.options.batch_size;
+        let mut batch = match self.read_now(size).await {
+            Err(e) if e.is_no_group() => {
+                // Redis lost the group (a restart without persistence): create it and go on.
+                self.queue.ensure_group(&self.options.group).await?;
+                self.read_now(size).await?
+            }
+            other => other?,
+        };
+        let Some(mut batch_entries) = batch.take() else {
+            // Paused: wait out the block time so paused consumers do not spin.
+            tokio::time::sleep(self.options.block.min(Duration::from_millis(500))).await;
+            return Ok(Vec::new());
+        };
+        if batch_entries.is_empty() {
+            batch_entries = self.read_blocking(size, self.options.block).await?;
+            if batch_entries.is_empty() {
+                return Ok(Vec::new());
+            }
+        }
+        // Linger: wait for more only when the batch is not full and linger allows it.
+        let deadline = Instant::now() + self.options.linger;
+        while batch_entries.len() < size {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < Duration::from_millis(1) {
+                break;
+            }
+            let more = self.read_blocking(size - batch_entries.len(), left).await?;
+            if more.is_empty() {
+                break;
+            }
+            batch_entries.extend(more);
+        }
+        // Highest priority first, so a worker that handles a batch in order serves `high` first.
+        batch_entries.sort_by_key(|(p, _)| *p);
+        let deliveries = self.settle_poison(batch_entries).await?;
+        metrics::histogram!("fleet_queue_batch_entries", "queue" => self.queue.name.to_string())
+            .record(deliveries.len() as f64);
+        Ok(deliveries)
+    }
+
+    /// One non-blocking read across the streams, by priority mode. `None` when paused.
+    async fn read_now(&self, size: usize) -> Result<Option<Vec<RawDelivery>>> {
+        let q = self.options.mode.quotas(size);
+        let mut keys: Vec<String> = self.queue.keys.streams().to_vec();
+        keys.push(self.queue.keys.paused());
+        let args: Vec<Value> = vec![
+            self.options.group.as_str().into(),
+            self.options.consumer.as_str().into(),
+            (q[0] as i64).into(),
+            (q[1] as i64).into(),
+            (q[2] as i64).into(),
+            (size as i64).into(),
+        ];
+        let reply = self
+            .queue
+            .broker
+            .eval(&self.queue.broker.scripts.read_batch, keys, args)
+            .await?;
+        let Value::Array(groups) = reply else {
+            return Err(Error::protocol("read_batch reply"));
+        };
+        if groups.first().and_then(Value::as_i64) == Some(-1) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for group in &groups {
+            let Value::Array(pair) = group else { continue };
+            let (Some(idx), Some(Value::Array(entries))) =
+                (pair.first().and_then(Value::as_i64), pair.get(1))
+            else {
+                continue;
+            };
+            let priority = Priority::ALL[(idx as usize).clamp(1, 3) - 1];
+            out.extend(
+                entries
+                    .iter()
+                    .filter_map(|e| parse_entry(e).map(|r| (priority, r))),
+            );
+        }
+        Ok(Some(out))
+    }
+
+    /// One blocking read on every stream at once, for when the queue was empty.
+    async fn read_blocking(&self, count: usize, block: Duration) -> Result<Vec<RawDelivery>> {
+        let block_ms = block.as_millis().max(1) as i64;
+        let mut args: Vec<Value> = vec![
+            "GROUP".into(),
+            self.options.group.as_str().into(),
+            self.options.consumer.as_str().into(),
+            "COUNT".into(),
+            (count as i64).into(),
+            "BLOCK".into(),
+            block_ms.into(),
+            "STREAMS".into(),
+        ];
+        args.extend(self.stream_names.iter().cloned());
+        args.extend(std::iter::repeat_n(Value::from(">"), 3));
+        let reply: Value = self
+            .blocking
+            .with_options(&crate::Broker::blocking_options(block))
+            .custom(cmd!("XREADGROUP", blocking: true), args)
+            .await?;
+        Ok(parse_read_reply(&reply, self.queue.keys.streams()))
+    }
+
+    /// Turns raw entries into deliveries, dead-lettering the ones that are not valid jobs.
+    async fn settle_poison(&self, raw: Vec<RawDelivery>) -> Result<Vec<Delivery>> {
+        let mut out = Vec::with_capacity(raw.len());
+        for (priority, (stream_id, fields)) in raw {
+            match StoredJob::from_fields(&fields) {
+                Ok(job) => out.push(Delivery {
+                    stream_id,
+                    priority,
+                    job_id: job.job_id,
+                    attempts: job.attempts,
+                    max_attempts: job.max_attempts,
+                    backoff: job.backoff,
+                    enqueued_at_ms: job.enqueued_at_ms,
+                    payload: job.payload,
+                }),
+                Err(why) => {
+                    tracing::warn!(queue = %self.queue.name, stream_id, reason = %why, "poison entry dead-lettered");
+                    let mut fields_out: Vec<Value> = Vec::new();
+                    for (k, v) in &fields {
+                        fields_out.push(Value::Bytes(k.clone().into()));
+                        fields_out.push(Value::Bytes(v.clone().into()));
+                    }
+                    self.dead_letter_raw(priority, &stream_id, "poison", &why, fields_out)
+                        .await?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Acknowledges deliveries: one round trip for the whole slice.
+    pub async fn ack(&self, deliveries: &[&Delivery]) -> Result<u64> {
+        if deliveries.is_empty() {
+            return Ok(0);
+        }
+        let pipeline = self.queue.broker.client().pipeline();
+        let mut sent = 0;
+        for p in Priority::ALL {
+            let ids: Vec<Value> = deliveries
+                .iter()
+                .filter(|d| d.priority == p)
+                .map(|d| d.stream_id.as_str().into())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let mut args: Vec<Value> = vec![
+                self.queue.keys.stream(p).into(),
+                self.options.group.as_str().into(),
+            ];
+            args.extend(ids);
+            pipeline.custom::<(), _>(cmd!("XACK"), args).await?;
+            sent += 1;
+        }
+        let replies: Vec<Value> = pipeline.all().await?;
+        debug_assert_eq!(replies.len(), sent);
+        let acked: i64 = replies.iter().filter_map(Value::as_i64).sum();
+        metrics::counter!("fleet_queue_acked_total", "queue" => self.queue.name.to_string())
+            .increment(acked as u64);
+        Ok(acked as u64)
+    }
+
+    /// Records a failed attempt: the job waits in the delayed set (holding no worker) until its
+    /// next attempt, or goes to the dead-letter stream when it has no attempt left.
+    pub async fn retry(
+        &self,
+        d: &Delivery,
+        after: RetryAfter,
+        error: &str,
+    ) -> Result<RetryOutcome> {
+        let failed = d.attempts + 1;
+        if failed >= d.max_attempts {
+            return Ok(if self.dead_letter(d, "max_attempts", error).await? {
+                RetryOutcome::DeadLettered
+            } else {
+                RetryOutcome::Stale
+            });
+        }
+        let delay = match after {
+            RetryAfter::Backoff => d.backoff.delay(failed, &mut rand::rng()),
+            RetryAfter::Exactly(delay) => delay,
+        };
+        let mut job = d.stored();
+        job.attempts = failed;
+        let scheduled = self.schedule(d, &job, delay).await?;
+        if scheduled {
+            metrics::counter!("fleet_queue_retried_total", "queue" => self.queue.name.to_string())
+                .increment(1);
+            Ok(RetryOutcome::Scheduled { delay })
+        } else {
+            Ok(RetryOutcome::Stale)
+        }
+    }
+
+    /// Puts a job back into the delayed set for `delay` without counting an attempt: the job did
+    /// not fail, it may just not run yet (a rate limit said so). Returns false when stale.
+    pub async fn defer(&self, d: &Delivery, delay: Duration) -> Result<bool> {
+        let job = d.stored();
+        let deferred = self.schedule(d, &job, delay).await?;
+        if deferred {
+            metrics::counter!("fleet_queue_deferred_total", "queue" => self.queue.name.to_string())
+                .increment(1);
+        }
+        Ok(deferred)
+    }
+
+    async fn schedule(&self, d: &Delivery, job: &StoredJob, delay: Duration) -> Result<bool> {
+        let due = now_ms() + delay.as_millis() as u64;
+        let keys = vec![
+            self.queue.keys.stream(d.priority).to_owned(),
+            self.queue.keys.delayed(),
+        ];
+        let args: Vec<Value> = vec![
+            self.options.group.as_str().into(),
+            d.stream_id.as_str().into(),
+            (due as i64).into(),
+            job.delayed_member(d.priority),
+        ];
+        let reply = self
+            .queue
+            .broker
+            .eval(&self.queue.broker.scripts.retry, keys, args)
+            .await?;
+        Ok(reply.as_i64() == Some(1))
+    }
+
+    /// Sends a job to the dead-letter stream with its reason and last error. Returns false when
+    /// the entry was no longer this consumer's (nothing written).
+    pub async fn dead_letter(&self, d: &Delivery, reason: &str, error: &str) -> Result<bool> {
+        let mut job = d.stored();
+        job.attempts = d.attempts + 1;
+        self.dead_letter_raw(d.priority, &d.stream_id, reason, error, job.fields())
+            .await
+    }
+
+    async fn dead_letter_raw(
+        &self,
+        priority: Priority,
+        stream_id: &str,
+        reason: &str,
+        error: &str,
+        job_fields: Vec<Value>,
+    ) -> Result<bool> {
+        let keys = vec![
+            self.queue.keys.stream(priority).to_owned(),
+            self.queue.keys.dead(),
+        ];
+        // Errors are cut to a bounded length: a dead letter must not carry a megabyte of HTML.
+        let error: String = error.chars().take(2_000).collect();
+        let mut args: Vec<Value> = vec![
+            self.options.group.as_str().into(),
+            stream_id.into(),
+            (self.options.dead_letter_cap as i64).into(),
+            "reason".into(),
+            reason.into(),
+            "error".into(),
+            error.into(),
+            "orig".into(),
+            stream_id.into(),
+            "prio".into(),
+            priority.as_str().into(),
+            "died".into(),
+            (now_ms() as i64).into(),
+        ];
+        args.extend(job_fields);
+        let reply = self
+            .queue
+            .broker
+            .eval(&self.queue.broker.scripts.dead_letter, keys, args)
+            .await?;
+        let done = reply.as_i64() == Some(1);
+        if done {
+            metrics::counter!("fleet_queue_dead_lettered_total",
+                "queue" => self.queue.name.to_string(), "reason" => reason.to_owned())
+            .increment(1);
+        }
+        Ok(done)
+    }
+}
+
+type RawDelivery = (Priority, crate::entry::RawEntry);
+
+/// Parses an `XREADGROUP` reply over the three streams (RESP2 arrays or RESP3 maps).
+fn parse_read_reply(reply: &Value, streams: &[String; 3]) -> Vec<RawDelivery> {
+    let priority_of = |name: &Value| {
+        let name = text_of(name)?;
+        streams
+            .iter()
+            .position(|s| *s == name)
+            .map(|i| Priority::ALL[i])
+    };
+    let mut out = Vec::new();
+    let mut push = |name: &Value, entries: &Value| {
+        let (Some(p), Value::Array(entries)) = (priority_of(name), entries) else {
+            return;
+        };
+        out.extend(
+            entries
+                .iter()
+                .filter_map(|e| parse_entry(e).map(|r| (p, r))),
+        );
+    };
+    match reply {
+        Value::Array(per_stream) => {
+            for s in per_stream {
+                if let Value::Array(pair) = s
+                    && let (Some(name), Some(entries)) = (pair.first(), pair.get(1))
+                {
+                    push(name, entries);
+                }
+            }
+        }
+        Value::Map(map) => {
+            for (k, v) in map.clone().inner().iter() {
+                push(&Value::String(k.as_str().unwrap_or_default().into()), v);
+            }
+        }
+        _ => {}
+    }
+    // Highest priority first, so a worker that handles a batch in order serves `high` first.
+    out.sort_by_key(|(p, _)| *p);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_quotas_give_everything_to_each_level_in_turn() {
+        assert_eq!(PriorityMode::Strict.quotas(500), [500, 500, 500]);
+    }
+
+    #[test]
+    fn weighted_quotas_never_starve_a_level() {
+        let q = PriorityMode::Weighted {
+            high: 6,
+            normal: 3,
+            low: 1,
+        }
+        .quotas(500);
+        assert_eq!(q, [300, 150, 50]);
+        let q = PriorityMode::Weighted {
+            high: 100,
+            normal: 10,
+            low: 1,
+        }
+        .quotas(10);
+        assert!(
+            q[2] >= 1,
+            "a non-zero weight gets at least one entry per batch: {q:?}"
+        );
+    }
+
+    #[test]
+    fn consumer_names_are_unique() {
+        assert_ne!(unique_consumer_name("w"), unique_consumer_name("w"));
+        assert!(unique_consumer_name("prospects").starts_with("prospects-"));
+    }
+}

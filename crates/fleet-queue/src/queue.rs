@@ -1,0 +1,371 @@
+//! A handle on one queue: enqueueing, pausing, and the entry point to consumers.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use fleet_core::{EnqueueOptions, JobId, Priority, wire};
+use fred::{
+    cmd,
+    prelude::*,
+    types::{CustomCommand, Value},
+};
+use serde::Serialize;
+
+use crate::{
+    Broker, Consumer, ConsumerOptions, Error, Result,
+    entry::{StoredJob, text_of},
+    keys::QueueKeys,
+};
+
+/// The outcome of one enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The job's id; for a duplicate, the id of the job first enqueued under the idempotency key.
+    pub job_id: JobId,
+    /// True when the idempotency key had been seen and nothing was appended.
+    pub duplicate: bool,
+}
+
+/// A handle on one queue. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    pub(crate) broker: Broker,
+    pub(crate) name: Arc<str>,
+    pub(crate) keys: Arc<QueueKeys>,
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn xadd() -> CustomCommand {
+    cmd!("XADD")
+}
+
+/// A job ready to be written: its stored form and where it goes.
+struct Prepared {
+    job: StoredJob,
+    priority: Priority,
+    due_ms: Option<u64>,
+    idempotency: Option<(String, Duration)>,
+}
+
+impl Queue {
+    pub(crate) fn new(broker: Broker, name: &str) -> Queue {
+        let keys = QueueKeys::new(&broker.prefix, name);
+        Queue {
+            broker,
+            name: name.into(),
+            keys: Arc::new(keys),
+        }
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The queue's keys.
+    pub fn keys(&self) -> &QueueKeys {
+        &self.keys
+    }
+
+    fn prepare<T: Serialize>(payload: &T, opts: &EnqueueOptions, now: u64) -> Result<Prepared> {
+        if opts.max_attempts == 0 {
+            return Err(Error::Invalid("max_attempts must be at least 1".into()));
+        }
+        let job = StoredJob {
+            job_id: JobId::new(),
+            attempts: 0,
+            max_attempts: opts.max_attempts,
+            backoff: opts.backoff,
+            enqueued_at_ms: now,
+            payload: wire::encode(payload)?,
+        };
+        let due_ms = opts
+            .delay
+            .filter(|d| !d.is_zero())
+            .map(|d| now + d.as_millis() as u64);
+        let idempotency = opts
+            .idempotency_key
+            .clone()
+            .map(|k| (k, opts.idempotency_ttl));
+        Ok(Prepared {
+            job,
+            priority: opts.priority,
+            due_ms,
+            idempotency,
+        })
+    }
+
+    /// The command that writes a prepared job: a plain `XADD` (or `ZADD` when delayed), or the
+    /// idempotent-enqueue script when the job has an idempotency key.
+    fn command(&self, p: &Prepared) -> (Option<Vec<String>>, CustomCommand, Vec<Value>) {
+        let stream = self.keys.stream(p.priority).to_owned();
+        match (&p.idempotency, p.due_ms) {
+            (None, None) => {
+                let mut args: Vec<Value> = vec![stream.into(), "*".into()];
+                args.extend(p.job.fields());
+                (None, xadd(), args)
+            }
+            (None, Some(due)) => {
+                let args = vec![
+                    self.keys.delayed().into(),
+                    (due as i64).into(),
+                    p.job.delayed_member(p.priority),
+                ];
+                (None, cmd!("ZADD"), args)
+            }
+            (Some((key, ttl)), due) => {
+                let target = if due.is_some() {
+                    self.keys.delayed()
+                } else {
+                    stream
+                };
+                let mut args: Vec<Value> = vec![
+                    p.job.job_id.as_str().into(),
+                    (ttl.as_millis().max(1) as i64).into(),
+                    (due.unwrap_or(0) as i64).into(),
+                    if due.is_some() {
+                        p.job.delayed_member(p.priority)
+                    } else {
+                        "".into()
+                    },
+                ];
+                if due.is_none() {
+                    args.extend(p.job.fields());
+                }
+                (
+                    Some(vec![self.keys.idempotency(key), target]),
+                    cmd!("EVALSHA"),
+                    args,
+                )
+            }
+        }
+    }
+
+    fn outcome(p: &Prepared, reply: &Value) -> Result<Enqueued> {
+        if p.idempotency.is_none() {
+            return Ok(Enqueued {
+                job_id: p.job.job_id.clone(),
+                duplicate: false,
+            });
+        }
+        match reply {
+            Value::Array(parts) if parts.len() == 2 => {
+                let appended = parts[0].as_i64() == Some(1);
+                let id = text_of(&parts[1]).ok_or_else(|| Error::protocol("enqueue reply"))?;
+                Ok(Enqueued {
+                    job_id: JobId(id),
+                    duplicate: !appended,
+                })
+            }
+            other => Err(Error::protocol(format!("enqueue reply {other:?}"))),
+        }
+    }
+
+    fn record_metrics(&self, p: &Prepared, e: &Enqueued) {
+        if e.duplicate {
+            metrics::counter!("fleet_queue_duplicates_total", "queue" => self.name.to_string())
+                .increment(1);
+        } else {
+            metrics::counter!("fleet_queue_enqueued_total", "queue" => self.name.to_string(),
+                "priority" => p.priority.as_str())
+            .increment(1);
+        }
+    }
+
+    /// Enqueues one job. Concurrent calls share the connection and are pipelined by the client.
+    pub async fn enqueue<T: Serialize>(
+        &self,
+        payload: &T,
+        opts: &EnqueueOptions,
+    ) -> Result<Enqueued> {
+        let p = Self::prepare(payload, opts, now_ms())?;
+        let client = self.broker.client();
+        let reply: Value = match self.command(&p) {
+            (None, cmd, args) => client.custom(cmd, args).await?,
+            (Some(keys), _, args) => {
+                self.broker
+                    .eval(&self.broker.scripts.enqueue_idempotent, keys, args)
+                    .await?
+            }
+        };
+        let e = Self::outcome(&p, &reply)?;
+        self.record_metrics(&p, &e);
+        Ok(e)
+    }
+
+    /// Enqueues a batch of jobs in one round trip (one pipeline). Each job's idempotency key is
+    /// checked atomically with its own append. On error, some jobs of the batch may have been
+    /// appended; retrying the batch with idempotency keys appends none twice.
+    pub async fn enqueue_batch<T: Serialize>(
+        &self,
+        jobs: &[(T, EnqueueOptions)],
+    ) -> Result<Vec<Enqueued>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let prepared = jobs
+            .iter()
+            .map(|(t, o)| Self::prepare(t, o, now))
+            .collect::<Result<Vec<_>>>()?;
+        let replies = self.run_pipeline(&prepared).await?;
+        let mut out = Vec::with_capacity(prepared.len());
+        for (p, reply) in prepared.iter().zip(&replies) {
+            let e = Self::outcome(p, reply)?;
+            self.record_metrics(p, &e);
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    async fn run_pipeline(&self, prepared: &[Prepared]) -> Result<Vec<Value>> {
+        let sha = self.broker.scripts.enqueue_idempotent.sha1().clone();
+        let mut replies: Vec<Option<Value>> = vec![None; prepared.len()];
+        // At most two passes: the second only re-runs scripts Redis had forgotten (NOSCRIPT).
+        for pass in 0..2 {
+            // A new pipeline per batch: fred's `Pipeline::all` never clears its buffer.
+            let pipeline = self.broker.client().pipeline();
+            let mut sent = Vec::new();
+            for (i, p) in prepared.iter().enumerate() {
+                if replies[i].is_some() {
+                    continue;
+                }
+                match self.command(p) {
+                    (None, cmd, args) => pipeline.custom::<(), _>(cmd, args).await?,
+                    (Some(keys), _, args) => {
+                        // Pipelines have no EVALSHA method: send it as a custom command, hashed
+                        // on its first key (argument 2) so it reaches the right cluster node.
+                        let mut full: Vec<Value> =
+                            vec![sha.clone().into(), (keys.len() as i64).into()];
+                        full.extend(keys.into_iter().map(Value::from));
+                        full.extend(args);
+                        pipeline
+                            .custom::<(), _>(
+                                cmd!("EVALSHA", hash: fred::types::ClusterHash::Offset(2)),
+                                full,
+                            )
+                            .await?
+                    }
+                }
+                sent.push(i);
+            }
+            let results = pipeline.try_all::<Value>().await;
+            let mut noscript = false;
+            for (i, r) in sent.into_iter().zip(results) {
+                match r {
+                    Ok(v) => replies[i] = Some(v),
+                    Err(e) if e.details().starts_with("NOSCRIPT") && pass == 0 => noscript = true,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !noscript {
+                break;
+            }
+            self.broker.load_scripts().await?;
+        }
+        replies
+            .into_iter()
+            .map(|r| r.ok_or_else(|| Error::protocol("pipeline reply missing")))
+            .collect()
+    }
+
+    /// Entries waiting to be delivered, all priorities together (the consumer group's lag, or the
+    /// stream length while no group exists): what ingest compares with its high-water mark.
+    pub async fn backlog(&self) -> Result<u64> {
+        let stats = self.priority_stats().await?;
+        Ok(stats.iter().map(|s| s.waiting).sum())
+    }
+
+    /// Stops every consumer of the queue from taking new work; producers keep enqueueing.
+    pub async fn pause(&self) -> Result<()> {
+        let _: Value = self
+            .broker
+            .client()
+            .set(self.keys.paused(), "1", None, None, false)
+            .await?;
+        Ok(())
+    }
+
+    /// Lets consumers take work again.
+    pub async fn resume(&self) -> Result<()> {
+        let _: Value = self.broker.client().del(self.keys.paused()).await?;
+        Ok(())
+    }
+
+    /// Whether the queue is paused.
+    pub async fn is_paused(&self) -> Result<bool> {
+        let n: i64 = self.broker.client().exists(self.keys.paused()).await?;
+        Ok(n > 0)
+    }
+
+    /// Creates the consumer group on each stream if it does not exist yet.
+    pub async fn ensure_group(&self, group: &str) -> Result<()> {
+        for stream in self.keys.streams() {
+            let r: std::result::Result<Value, _> = self
+                .broker
+                .client()
+                .xgroup_create(stream.as_str(), group, "0", true)
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if e.details().contains("BUSYGROUP") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// A consumer of this queue, with its own connection for blocking reads.
+    pub async fn consumer(&self, options: ConsumerOptions) -> Result<Consumer> {
+        Consumer::new(self.clone(), options).await
+    }
+
+    /// Deletes every key of this queue. For tests and `fleetctl` demos only: it uses `SCAN` over
+    /// the queue's own pattern, bounded by `COUNT`, never `KEYS`.
+    pub async fn destroy(&self) -> Result<u64> {
+        let mut deleted = 0u64;
+        let mut cursor = "0".to_owned();
+        // Bounded: at most 10,000 SCAN steps (the pattern matches only this queue's keys).
+        for _ in 0..10_000 {
+            let reply: Value = self
+                .broker
+                .client()
+                .custom(
+                    cmd!("SCAN"),
+                    vec![
+                        cursor.clone(),
+                        "MATCH".into(),
+                        self.keys.pattern(),
+                        "COUNT".into(),
+                        "1000".into(),
+                    ],
+                )
+                .await?;
+            let Value::Array(parts) = reply else { break };
+            cursor = parts
+                .first()
+                .and_then(text_of)
+                .unwrap_or_else(|| "0".into());
+            if let Some(Value::Array(keys)) = parts.get(1) {
+                for k in keys {
+                    if let Some(k) = text_of(k) {
+                        let n: i64 = self.broker.client().del(k).await?;
+                        deleted += n as u64;
+                    }
+                }
+            }
+            if cursor == "0" {
+                break;
+            }
+        }
+        Ok(deleted)
+    }
+}

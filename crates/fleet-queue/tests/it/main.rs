@@ -1,0 +1,8 @@
+//! Integration tests of the queue core against the real Redis (`REDIS_URL`, default local), each
+//! test under its own random key prefix, cleaned up when the test ends.
+
+mod support;
+
+mod consume;
+mod enqueue;
+mod maintenance;
