@@ -75,9 +75,11 @@ fn env_nonempty(env: &dyn Env, name: &str) -> Option<String> {
 
 /// Command-line flags shared by every binary; flatten with `#[command(flatten)]`.
 ///
-/// Every field is optional so that an absent flag falls through to the next layer.
-/// clap also reads the named environment variable into the field, which keeps `--help` showing each variable;
-/// [`CommonConfig::load_from`] applies the same variables again from its [`Env`], so both paths give the same answer.
+/// Every field is an optional string so that an absent flag falls through to the next layer and every value, whichever
+/// layer gave it, is parsed and validated by [`CommonConfig::load`] with the same one-line errors.
+/// clap also copies the named environment variable into the field (so `--help` lists each variable);
+/// [`CommonConfig::load_from`] reads the same variables again from its [`Env`], so both paths give the same answer.
+/// Use [`CommonConfig`], not these raw fields.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct CommonArgs {
     /// Redis URL, single node or cluster [default: redis://127.0.0.1:6379].
@@ -107,15 +109,15 @@ pub struct CommonArgs {
 
     /// Admin listen address for /healthz, /readyz and /metrics.
     #[arg(long, env = "FLEET_ADMIN_ADDR", value_name = "ADDR")]
-    pub admin_addr: Option<SocketAddr>,
+    pub admin_addr: Option<String>,
 
-    /// Log format [default: pretty on a terminal, json otherwise].
+    /// Log format, json or pretty [default: pretty on a terminal, json otherwise].
     #[arg(long, env = "FLEET_LOG_FORMAT", value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
+    pub log_format: Option<String>,
 
     /// Waiting entries of one queue above which ingest answers 503 [default: 1000000].
     #[arg(long, env = "FLEET_QUEUE_HIGH_WATER", value_name = "N")]
-    pub queue_high_water: Option<u64>,
+    pub queue_high_water: Option<String>,
 
     /// Public base URL of ingest as providers call it [default: taken from the request's Host].
     #[arg(long, env = "FLEET_PUBLIC_URL", value_name = "URL")]
@@ -131,7 +133,7 @@ pub struct CommonArgs {
 
     /// Ingest listen address [default: 0.0.0.0:8080].
     #[arg(long, env = "FLEET_INGEST_ADDR", value_name = "ADDR")]
-    pub ingest_addr: Option<SocketAddr>,
+    pub ingest_addr: Option<String>,
 }
 
 /// The TOML file named by `FLEET_CONFIG`: every key optional, unknown keys rejected so typos are caught.
@@ -222,8 +224,8 @@ pub(crate) fn toml_error_line(e: &toml::de::Error, text: &str) -> String {
 /// Where a setting's value came from; used in error messages so an operator knows which layer to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    /// A command-line flag (or, through clap, its environment variable).
-    Flag(&'static str),
+    /// A command-line flag, or its environment variable as copied into the flag by clap.
+    Flag(&'static str, &'static str),
     /// An environment variable read by the config loader.
     Env(&'static str),
     /// A key of the config file.
@@ -235,7 +237,7 @@ pub enum Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::Flag(flag) => write!(f, "{flag}"),
+            Origin::Flag(flag, env) => write!(f, "{flag} or env {env}"),
             Origin::Env(var) => write!(f, "env {var}"),
             Origin::File(path) => write!(f, "config file {}", path.display()),
             Origin::Default => write!(f, "default"),
@@ -360,65 +362,128 @@ struct Layered<T> {
     origin: Origin,
 }
 
-/// Picks the first present layer: flag, env, file, default.
-// One argument per layer reads better at the call sites than a builder would.
-#[allow(clippy::too_many_arguments)]
-fn pick<T>(
-    flag: Option<T>,
-    flag_name: &'static str,
-    env_value: Option<String>,
-    env_name: &'static str,
-    file: Option<T>,
-    file_path: Option<&Path>,
-    default: T,
-    parse_env: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<Layered<T>, ConfigError> {
-    if let Some(value) = flag {
-        return Ok(Layered {
-            value,
-            origin: Origin::Flag(flag_name),
-        });
-    }
-    if let Some(raw) = env_value {
-        let value = parse_env(raw.trim()).map_err(|reason| ConfigError::Invalid {
-            setting: env_setting_name(env_name),
-            origin: Origin::Env(env_name),
-            reason,
-        })?;
-        return Ok(Layered {
-            value,
-            origin: Origin::Env(env_name),
-        });
-    }
-    if let Some(value) = file {
-        let origin = Origin::File(file_path.map(Path::to_path_buf).unwrap_or_default());
-        return Ok(Layered { value, origin });
-    }
-    Ok(Layered {
-        value: default,
-        origin: Origin::Default,
-    })
+/// One setting's name in each layer.
+struct Setting {
+    /// Key in the config file, also used in error messages.
+    key: &'static str,
+    /// Command-line flag.
+    flag: &'static str,
+    /// Environment variable.
+    env: &'static str,
 }
 
-fn env_setting_name(env: &'static str) -> &'static str {
-    match env {
-        "REDIS_URL" => "redis_url",
-        "DATABASE_URL" => "database_url",
-        "FLEET_KEY_PREFIX" => "key_prefix",
-        "FLEET_TENANTS" => "tenants",
-        "FLEET_ADMIN_ADDR" => "admin_addr",
-        "FLEET_LOG_FORMAT" => "log_format",
-        "FLEET_QUEUE_HIGH_WATER" => "queue_high_water",
-        "FLEET_PUBLIC_URL" => "public_url",
-        "FLEET_META_API_BASE" => "meta_api_base",
-        "FLEET_TWILIO_API_BASE" => "twilio_api_base",
-        "FLEET_INGEST_ADDR" => "ingest_addr",
-        _ => "setting",
-    }
+const REDIS_URL: Setting = Setting {
+    key: "redis_url",
+    flag: "--redis-url",
+    env: "REDIS_URL",
+};
+const DATABASE_URL: Setting = Setting {
+    key: "database_url",
+    flag: "--database-url",
+    env: "DATABASE_URL",
+};
+const KEY_PREFIX: Setting = Setting {
+    key: "key_prefix",
+    flag: "--prefix",
+    env: "FLEET_KEY_PREFIX",
+};
+const TENANTS: Setting = Setting {
+    key: "tenants",
+    flag: "--tenants",
+    env: "FLEET_TENANTS",
+};
+const ADMIN_ADDR: Setting = Setting {
+    key: "admin_addr",
+    flag: "--admin-addr",
+    env: "FLEET_ADMIN_ADDR",
+};
+const LOG_FORMAT: Setting = Setting {
+    key: "log_format",
+    flag: "--log-format",
+    env: "FLEET_LOG_FORMAT",
+};
+const HIGH_WATER: Setting = Setting {
+    key: "queue_high_water",
+    flag: "--queue-high-water",
+    env: "FLEET_QUEUE_HIGH_WATER",
+};
+const PUBLIC_URL: Setting = Setting {
+    key: "public_url",
+    flag: "--public-url",
+    env: "FLEET_PUBLIC_URL",
+};
+const META_API_BASE: Setting = Setting {
+    key: "meta_api_base",
+    flag: "--meta-api-base",
+    env: "FLEET_META_API_BASE",
+};
+const TWILIO_API_BASE: Setting = Setting {
+    key: "twilio_api_base",
+    flag: "--twilio-api-base",
+    env: "FLEET_TWILIO_API_BASE",
+};
+const INGEST_ADDR: Setting = Setting {
+    key: "ingest_addr",
+    flag: "--ingest-addr",
+    env: "FLEET_INGEST_ADDR",
+};
+
+/// Resolves settings from the layers with one parser per setting, so a value is validated the same way whichever layer
+/// gave it, and the error names that layer.
+struct Resolver<'a> {
+    env: &'a dyn Env,
+    file_path: Option<&'a Path>,
 }
 
-fn parse_string(s: &str) -> Result<String, String> {
-    Ok(s.to_owned())
+impl Resolver<'_> {
+    /// The first present layer, parsed: flag, env, file, else `None`.
+    ///
+    /// Empty or blank flag and env values count as unset: clap copies an exported-but-empty variable into the flag, and an
+    /// empty `REDIS_URL=` in a compose file means "not set", not "the empty URL".
+    /// A file value is taken as written (an empty string there is a mistake worth reporting).
+    fn get<T>(
+        &self,
+        s: &Setting,
+        flag: Option<&str>,
+        file: Option<String>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<Layered<T>>, ConfigError> {
+        let (raw, origin) = if let Some(v) = flag.map(str::trim).filter(|v| !v.is_empty()) {
+            (v.to_owned(), Origin::Flag(s.flag, s.env))
+        } else if let Some(v) = env_nonempty(self.env, s.env) {
+            (v.trim().to_owned(), Origin::Env(s.env))
+        } else if let Some(v) = file {
+            (
+                v,
+                Origin::File(self.file_path.map(Path::to_path_buf).unwrap_or_default()),
+            )
+        } else {
+            return Ok(None);
+        };
+        match parse(&raw) {
+            Ok(value) => Ok(Some(Layered { value, origin })),
+            Err(reason) => Err(ConfigError::Invalid {
+                setting: s.key,
+                origin,
+                reason,
+            }),
+        }
+    }
+
+    /// Like [`Resolver::get`], falling back to `default`.
+    fn get_or<T>(
+        &self,
+        s: &Setting,
+        flag: Option<&str>,
+        file: Option<String>,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Layered<T>, ConfigError> {
+        Ok(self.get(s, flag, file, parse)?.unwrap_or(Layered {
+            value: default,
+            origin: Origin::Default,
+        }))
+    }
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -426,16 +491,11 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("`{s}` is not a socket address such as 0.0.0.0:8080"))
 }
 
-fn parse_u64(s: &str) -> Result<u64, String> {
-    s.parse()
-        .map_err(|_| format!("`{s}` is not a non-negative integer"))
-}
-
-fn invalid(setting: &'static str, origin: &Origin, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        setting,
-        origin: origin.clone(),
-        reason: reason.into(),
+fn parse_high_water(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a positive integer")),
     }
 }
 
@@ -455,10 +515,33 @@ fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// Schemes fred accepts for Redis.
+const REDIS_SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis-cluster",
+    "rediss-cluster",
+    "redis-sentinel",
+    "rediss-sentinel",
+    "redis+unix",
+    "unix",
+];
+
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    check_url(s, REDIS_SCHEMES).map(|()| s.to_owned())
+}
+
+fn parse_database_url(s: &str) -> Result<String, String> {
+    check_url(s, &["postgres", "postgresql"]).map(|()| s.to_owned())
+}
+
 /// Validates an HTTP(S) base URL and returns it without a trailing slash, so callers can append `/path`.
-fn http_base(setting: &'static str, origin: &Origin, url: &str) -> Result<String, ConfigError> {
-    check_url(url, &["http", "https"]).map_err(|r| invalid(setting, origin, r))?;
-    Ok(url.trim_end_matches('/').to_owned())
+fn parse_http_base(s: &str) -> Result<String, String> {
+    check_url(s, &["http", "https"]).map(|()| s.trim_end_matches('/').to_owned())
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    validate_key_prefix(s).map(|()| s.to_owned())
 }
 
 /// Checks a key prefix: non-empty, no whitespace, no braces (braces would collide with the queue hash tags).
@@ -491,6 +574,7 @@ impl CommonConfig {
         let config_path = args
             .config
             .clone()
+            .filter(|p| !p.as_os_str().is_empty())
             .or_else(|| env_nonempty(env, "FLEET_CONFIG").map(PathBuf::from));
         let file = match &config_path {
             Some(path) => FileConfig::load(path)?,
@@ -521,228 +605,139 @@ impl CommonConfig {
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let e = |name| env_nonempty(env, name);
+        let r = Resolver { env, file_path: fp };
+        let f = |v: &Option<String>| v.clone();
 
-        let redis = pick(
-            args.redis_url.clone(),
-            "--redis-url",
-            e("REDIS_URL"),
-            "REDIS_URL",
-            file.redis_url.clone(),
-            fp,
+        let redis = r.get_or(
+            &REDIS_URL,
+            args.redis_url.as_deref(),
+            f(&file.redis_url),
             DEFAULT_REDIS_URL.to_owned(),
-            parse_string,
+            parse_redis_url,
         )?;
-        check_url(
-            &redis.value,
-            &[
-                "redis",
-                "rediss",
-                "redis-cluster",
-                "rediss-cluster",
-                "redis+unix",
-                "unix",
-            ],
-        )
-        .map_err(|r| invalid("redis_url", &redis.origin, r))?;
-
-        let database = pick(
-            args.database_url.clone(),
-            "--database-url",
-            e("DATABASE_URL"),
-            "DATABASE_URL",
-            file.database_url.clone(),
-            fp,
+        let database = r.get_or(
+            &DATABASE_URL,
+            args.database_url.as_deref(),
+            f(&file.database_url),
             DEFAULT_DATABASE_URL.to_owned(),
-            parse_string,
+            parse_database_url,
         )?;
-        check_url(&database.value, &["postgres", "postgresql"])
-            .map_err(|r| invalid("database_url", &database.origin, r))?;
-
-        let prefix = pick(
-            args.key_prefix.clone(),
-            "--prefix",
-            e("FLEET_KEY_PREFIX"),
-            "FLEET_KEY_PREFIX",
-            file.key_prefix.clone(),
-            fp,
+        let prefix = r.get_or(
+            &KEY_PREFIX,
+            args.key_prefix.as_deref(),
+            f(&file.key_prefix),
             DEFAULT_KEY_PREFIX.to_owned(),
-            parse_string,
+            parse_prefix,
         )?;
-        validate_key_prefix(&prefix.value).map_err(|r| invalid("key_prefix", &prefix.origin, r))?;
 
         // A relative tenants path in the file is relative to the file; the default sits next to the file.
-        let file_tenants = file.tenants.as_ref().map(|p| {
-            if p.is_relative() {
-                config_dir.join(p)
-            } else {
-                p.clone()
-            }
-        });
-        let tenants = pick(
-            args.tenants.clone(),
-            "--tenants",
-            e("FLEET_TENANTS"),
-            "FLEET_TENANTS",
-            file_tenants,
-            fp,
+        let tenants_flag = args
+            .tenants
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        let tenants_file = file
+            .tenants
+            .as_ref()
+            .map(|p| config_dir.join(p).to_string_lossy().into_owned());
+        let tenants = r.get_or(
+            &TENANTS,
+            tenants_flag.as_deref(),
+            tenants_file,
             config_dir.join(DEFAULT_TENANTS_FILE),
-            |s| Ok(PathBuf::from(s)),
+            |s| {
+                if s.is_empty() {
+                    Err("must not be empty".to_owned())
+                } else {
+                    Ok(PathBuf::from(s))
+                }
+            },
         )?;
-        if tenants.value.as_os_str().is_empty() {
-            return Err(invalid("tenants", &tenants.origin, "must not be empty"));
-        }
 
-        let file_admin = match &file.admin_addr {
-            Some(s) => Some(parse_addr(s).map_err(|r| {
-                invalid(
-                    "admin_addr",
-                    &Origin::File(fp.map(Path::to_path_buf).unwrap_or_default()),
-                    r,
-                )
-            })?),
-            None => None,
-        };
-        let admin_given = args.admin_addr.is_some() || e("FLEET_ADMIN_ADDR").is_some();
-        let admin = match (args.admin_addr, e("FLEET_ADMIN_ADDR")) {
-            (Some(a), _) => Some(a),
-            (None, Some(raw)) => Some(
-                parse_addr(raw.trim())
-                    .map_err(|r| invalid("admin_addr", &Origin::Env("FLEET_ADMIN_ADDR"), r))?,
-            ),
-            (None, None) => file_admin,
-        };
+        let admin = r.get(
+            &ADMIN_ADDR,
+            args.admin_addr.as_deref(),
+            f(&file.admin_addr),
+            parse_addr,
+        )?;
 
-        let file_log = match &file.log_format {
-            Some(s) => Some(LogFormat::from_str(s).map_err(|r| {
-                invalid(
-                    "log_format",
-                    &Origin::File(fp.map(Path::to_path_buf).unwrap_or_default()),
-                    r,
-                )
-            })?),
-            None => None,
-        };
-        let log_format = pick(
-            args.log_format,
-            "--log-format",
-            e("FLEET_LOG_FORMAT"),
-            "FLEET_LOG_FORMAT",
-            file_log,
-            fp,
+        let log_format = r.get_or(
+            &LOG_FORMAT,
+            args.log_format.as_deref(),
+            f(&file.log_format),
             LogFormat::detect(),
             LogFormat::from_str,
         )?;
 
-        let high_water = pick(
-            args.queue_high_water,
-            "--queue-high-water",
-            e("FLEET_QUEUE_HIGH_WATER"),
-            "FLEET_QUEUE_HIGH_WATER",
-            file.queue_high_water,
-            fp,
+        let hw_file = file.queue_high_water.map(|n| n.to_string());
+        let high_water = r.get_or(
+            &HIGH_WATER,
+            args.queue_high_water.as_deref(),
+            hw_file,
             DEFAULT_QUEUE_HIGH_WATER,
-            parse_u64,
+            parse_high_water,
         )?;
-        if high_water.value == 0 {
-            return Err(invalid(
-                "queue_high_water",
-                &high_water.origin,
-                "must be at least 1",
-            ));
-        }
 
-        let public = pick(
-            args.public_url.clone().map(Some),
-            "--public-url",
-            e("FLEET_PUBLIC_URL"),
-            "FLEET_PUBLIC_URL",
-            file.public_url.clone().map(Some),
-            fp,
-            None,
-            |s| Ok(Some(s.to_owned())),
+        let public = r.get(
+            &PUBLIC_URL,
+            args.public_url.as_deref(),
+            f(&file.public_url),
+            parse_http_base,
         )?;
-        let public_url = match &public.value {
-            Some(u) => Some(http_base("public_url", &public.origin, u)?),
-            None => None,
-        };
-
-        let meta = pick(
-            args.meta_api_base.clone(),
-            "--meta-api-base",
-            e("FLEET_META_API_BASE"),
-            "FLEET_META_API_BASE",
-            file.meta_api_base.clone(),
-            fp,
+        let meta = r.get_or(
+            &META_API_BASE,
+            args.meta_api_base.as_deref(),
+            f(&file.meta_api_base),
             DEFAULT_META_API_BASE.to_owned(),
-            parse_string,
+            parse_http_base,
         )?;
-        let meta_api_base = http_base("meta_api_base", &meta.origin, &meta.value)?;
-
-        let twilio = pick(
-            args.twilio_api_base.clone(),
-            "--twilio-api-base",
-            e("FLEET_TWILIO_API_BASE"),
-            "FLEET_TWILIO_API_BASE",
-            file.twilio_api_base.clone(),
-            fp,
+        let twilio = r.get_or(
+            &TWILIO_API_BASE,
+            args.twilio_api_base.as_deref(),
+            f(&file.twilio_api_base),
             DEFAULT_TWILIO_API_BASE.to_owned(),
-            parse_string,
+            parse_http_base,
         )?;
-        let twilio_api_base = http_base("twilio_api_base", &twilio.origin, &twilio.value)?;
 
-        let file_ingest = match &file.ingest_addr {
-            Some(s) => Some(parse_addr(s).map_err(|r| {
-                invalid(
-                    "ingest_addr",
-                    &Origin::File(fp.map(Path::to_path_buf).unwrap_or_default()),
-                    r,
-                )
-            })?),
-            None => None,
-        };
-        let ingest = pick(
-            args.ingest_addr,
-            "--ingest-addr",
-            e("FLEET_INGEST_ADDR"),
-            "FLEET_INGEST_ADDR",
-            file_ingest,
-            fp,
+        let ingest = r.get_or(
+            &INGEST_ADDR,
+            args.ingest_addr.as_deref(),
+            f(&file.ingest_addr),
             SocketAddr::from_str(DEFAULT_INGEST_ADDR).expect("default ingest address parses"),
             parse_addr,
         )?;
 
         // Validate every section's admin_addr now, so a typo fails at start rather than when that binary asks.
         for name in SECTIONS {
-            if let Some(raw) = file.section_table(name).and_then(|t| t.get("admin_addr")) {
-                let ok = raw.as_str().map(parse_addr);
-                if !matches!(ok, Some(Ok(_))) {
-                    return Err(ConfigError::Section {
-                        section: name.to_owned(),
-                        path: fp.map(Path::to_path_buf).unwrap_or_default(),
-                        message:
-                            "admin_addr must be a socket address string such as \"0.0.0.0:9090\""
-                                .to_owned(),
-                    });
-                }
+            if let Some(raw) = file.section_table(name).and_then(|t| t.get("admin_addr"))
+                && !matches!(raw.as_str().map(parse_addr), Some(Ok(_)))
+            {
+                return Err(ConfigError::Section {
+                    section: name.to_owned(),
+                    path: fp.map(Path::to_path_buf).unwrap_or_default(),
+                    message: "admin_addr must be a socket address string such as \"0.0.0.0:9090\""
+                        .to_owned(),
+                });
             }
         }
 
+        let admin_addr_from_cli_or_env = admin
+            .as_ref()
+            .is_some_and(|a| !matches!(a.origin, Origin::File(_)));
         Ok(Self {
             redis_url: redis.value,
             database_url: database.value,
             key_prefix: prefix.value,
             tenants_path: tenants.value,
             config_path,
-            admin_addr: admin,
+            admin_addr: admin.map(|a| a.value),
             log_format: log_format.value,
             queue_high_water: high_water.value,
-            public_url,
-            meta_api_base,
-            twilio_api_base,
+            public_url: public.map(|p| p.value),
+            meta_api_base: meta.value,
+            twilio_api_base: twilio.value,
             ingest_addr: ingest.value,
             file,
-            admin_addr_from_cli_or_env: admin_given,
+            admin_addr_from_cli_or_env,
         })
     }
 
@@ -897,6 +892,26 @@ mod tests {
     }
 
     #[test]
+    fn empty_flags_count_as_unset() {
+        // clap copies an exported-but-empty variable into the flag; that must not shadow the file.
+        let args = CommonArgs {
+            key_prefix: Some(String::new()),
+            admin_addr: Some(" ".into()),
+            queue_high_water: Some(String::new()),
+            ..Default::default()
+        };
+        let cfg = load(
+            &args,
+            &[],
+            Some("key_prefix = \"fromfile\"\nqueue_high_water = 7"),
+        )
+        .unwrap();
+        assert_eq!(cfg.key_prefix, "fromfile");
+        assert_eq!(cfg.queue_high_water, 7);
+        assert_eq!(cfg.admin_addr, None);
+    }
+
+    #[test]
     fn empty_env_values_count_as_unset() {
         let cfg = load(
             &CommonArgs::default(),
@@ -1026,11 +1041,21 @@ mod tests {
             assert!(!msg.contains('\n'), "{msg}");
         }
         let args = CommonArgs {
-            key_prefix: Some(String::new()),
+            key_prefix: Some("a}b".into()),
             ..Default::default()
         };
         let msg = load(&args, &[], None).unwrap_err().to_string();
-        assert_eq!(msg, "invalid key_prefix (from --prefix): must not be empty");
+        assert_eq!(
+            msg,
+            "invalid key_prefix (from --prefix or env FLEET_KEY_PREFIX): must not contain whitespace, control characters or braces (found '}')"
+        );
+        let msg = load(&CommonArgs::default(), &[], Some("key_prefix = \"\""))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "invalid key_prefix (from config file /etc/fleet/fleet.toml): must not be empty"
+        );
         let msg = load(&CommonArgs::default(), &[], Some("ingest_addr = \"nope\""))
             .unwrap_err()
             .to_string();
@@ -1199,13 +1224,35 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.common.key_prefix.as_deref(), Some("p1"));
-        assert_eq!(cli.common.log_format, Some(LogFormat::Json));
+        assert_eq!(cli.common.log_format.as_deref(), Some("json"));
         let cfg = CommonConfig::load_from(&cli.common, &HashMap::<String, String>::new()).unwrap();
         assert_eq!(cfg.key_prefix, "p1");
         assert_eq!(cfg.queue_high_water, 5);
         assert_eq!(cfg.log_format, LogFormat::Json);
         assert!(Cli::try_parse_from(["bin", "--prefix", "p2"]).is_ok());
         <Cli as clap::CommandFactory>::command().debug_assert();
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for var in [
+            "REDIS_URL",
+            "DATABASE_URL",
+            "FLEET_KEY_PREFIX",
+            "FLEET_TENANTS",
+            "FLEET_CONFIG",
+            "FLEET_ADMIN_ADDR",
+            "FLEET_LOG_FORMAT",
+            "FLEET_QUEUE_HIGH_WATER",
+            "FLEET_PUBLIC_URL",
+            "FLEET_META_API_BASE",
+            "FLEET_TWILIO_API_BASE",
+            "FLEET_INGEST_ADDR",
+        ] {
+            assert!(
+                help.contains(&format!("[env: {var}")),
+                "{var} missing from --help"
+            );
+        }
     }
 
     #[test]
