@@ -81,13 +81,19 @@ impl Shutdown {
     }
 
     /// Spawns a task that triggers this shutdown on SIGTERM or SIGINT; needs a tokio runtime.
+    ///
+    /// A second signal during the drain exits the process at once with status 130, as operators expect of a second Ctrl-C;
+    /// whatever was not acknowledged is redelivered, since delivery is at least once.
     pub fn cancel_on_signal(&self) -> tokio::task::JoinHandle<()> {
         let token = self.token.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown_signal() => token.cancel(),
-                () = token.cancelled() => {}
+                () = token.cancelled() => return,
             }
+            shutdown_signal().await;
+            tracing::warn!("second shutdown signal: exiting without finishing the drain");
+            std::process::exit(130);
         })
     }
 }

@@ -767,6 +767,40 @@ impl TenantsHandle {
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
+
+    /// Reloads the file on every SIGHUP until `shutdown`; a failed reload is logged (without secrets) and keeps the
+    /// current set.
+    ///
+    /// Counts `fleet_tenants_reloads_total{outcome="ok"|"error"}`.
+    /// The signal handler is registered before this returns, so a SIGHUP sent afterwards is never lost (nor fatal).
+    /// Needs a tokio runtime.
+    #[cfg(unix)]
+    pub fn reload_on_sighup(
+        &self,
+        shutdown: crate::shutdown::Shutdown,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let handle = self.clone();
+        Ok(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    received = hup.recv() => {
+                        if received.is_none() {
+                            return;
+                        }
+                        match handle.reload() {
+                            Ok(_) => metrics::counter!("fleet_tenants_reloads_total", "outcome" => "ok").increment(1),
+                            Err(e) => {
+                                metrics::counter!("fleet_tenants_reloads_total", "outcome" => "error").increment(1);
+                                tracing::error!(error = %e, "tenants reload failed; keeping the current tenants");
+                            }
+                        }
+                    }
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -1121,5 +1155,34 @@ mod tests {
                 .first()
                 .map(|k| k.reply.as_str())
         );
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn sighup_reloads_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        std::fs::write(&path, "[[tenant]]\nid = \"a\"\napi_token = \"ta\"\n").unwrap();
+        let handle = TenantsHandle::load(&path).unwrap();
+        let shutdown = crate::shutdown::Shutdown::new();
+        let task = handle.reload_on_sighup(shutdown.clone()).unwrap();
+
+        std::fs::write(&path, "[[tenant]]\nid = \"b\"\napi_token = \"tb\"\n").unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // Wait for the condition, bounded, rather than for a fixed time.
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while handle.current().get("b").is_none() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("SIGHUP reloaded the tenants");
+
+        shutdown.cancel();
+        task.await.unwrap();
     }
 }
