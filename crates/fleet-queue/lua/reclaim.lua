@@ -16,24 +16,33 @@ for _, p in ipairs(pending) do
     gone = gone + 1
   else
     local f = found[1][2]
-    local attempts, max = nil, nil
+    local header_at = nil
     for i = 1, #f, 2 do
-      if f[i] == 'a' then attempts = i + 1 end
-      if f[i] == 'm' then max = tonumber(f[i + 1]) end
+      if f[i] == 'h' then header_at = i + 1 end
     end
-    local a = 1
-    if attempts then
-      a = (tonumber(f[attempts]) or 0) + 1
-      f[attempts] = tostring(a)
+    -- Header: 1|<job id>|<attempts>|<max attempts>|<backoff>|<enqueued ms>
+    local pre, a, max, post = nil, nil, nil, nil
+    if header_at then
+      pre, a, max, post = string.match(f[header_at], '^(1|[^|]*|)(%d+)|(%d+)(|.*)$')
     end
-    if max == nil or a >= max then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'reason', 'stalled',
-        'error', 'lease expired ' .. p[4] .. ' time(s) without acknowledgement',
-        'orig', id, 'prio', ARGV[6], 'died', ARGV[4], unpack(f))
+    if pre == nil then
+      -- Not a valid job: straight to the dead-letter stream, the consumer would do the same.
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'reason', 'poison',
+        'error', 'stalled entry without a valid header', 'orig', id, 'prio', ARGV[6],
+        'died', ARGV[4], unpack(f))
       dead = dead + 1
     else
-      redis.call('XADD', KEYS[1], '*', unpack(f))
-      requeued = requeued + 1
+      a = tonumber(a) + 1
+      f[header_at] = pre .. a .. '|' .. max .. post
+      if a >= tonumber(max) then
+        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'reason', 'stalled',
+          'error', 'lease expired ' .. p[4] .. ' time(s) without acknowledgement',
+          'orig', id, 'prio', ARGV[6], 'died', ARGV[4], unpack(f))
+        dead = dead + 1
+      else
+        redis.call('XADD', KEYS[1], '*', unpack(f))
+        requeued = requeued + 1
+      end
     end
   end
 end

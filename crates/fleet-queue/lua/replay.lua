@@ -11,15 +11,16 @@ for _, id in ipairs(ARGV) do
     local out = {}
     local idx = 2
     for i = 1, #f, 2 do
-      local k = f[i]
+      local k, v = f[i], f[i + 1]
       if k == 'prio' then
-        idx = stream_of[f[i + 1]] or 2
-      elseif k == 'a' then
-        out[#out + 1] = 'a'
-        out[#out + 1] = '0'
+        idx = stream_of[v] or 2
+      elseif k == 'h' then
+        -- Reset the attempts (third part of the header).
+        out[#out + 1] = 'h'
+        out[#out + 1] = string.gsub(v, '^(1|[^|]*|)%d+', function(pre) return pre .. '0' end, 1)
       elseif k ~= 'reason' and k ~= 'error' and k ~= 'orig' and k ~= 'died' then
         out[#out + 1] = k
-        out[#out + 1] = f[i + 1]
+        out[#out + 1] = v
       end
     end
     redis.call('XADD', KEYS[idx], '*', unpack(out))

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+#[cfg(feature = "apalis")]
+pub mod apalis_backend;
 mod broker;
 mod consumer;
 mod dlq;

@@ -6,3 +6,5 @@ mod support;
 mod consume;
 mod enqueue;
 mod maintenance;
+#[cfg(feature = "apalis")]
+mod apalis;

@@ -1,0 +1,2 @@
+//! Placeholder while the apalis-vs-plain benchmark is written.
+fn main() {}

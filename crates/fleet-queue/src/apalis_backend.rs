@@ -1,0 +1,451 @@
+//! An apalis 1.0 backend over [`Consumer`], so a worker can run on apalis's `WorkerBuilder` and
+//! `Monitor` (concurrency limits, timeouts, caught panics, tracing, graceful shutdown) while
+//! retries and dead letters stay ours: the delayed set and the dead-letter stream, never apalis's
+//! in-process retry. Evaluated in `docs/adr/0001-worker-runtime.md`.
+//!
+//! Two modes: [`StreamsBackend::single`] hands one [`Delivery`] per apalis task,
+//! [`StreamsBackend::batch`] one `Vec<Delivery>` per task (the whole batch read). The backend's
+//! middleware ([`SettleLayer`]) wraps every user layer, so it sees the handler's result after
+//! `catch_panic` and `timeout` turned a panic or an expiry into an error, and settles:
+//! `Ok` acknowledges; a [`JobError`] does what it says (retry through the delayed set, dead
+//! letter, defer); any other error (a caught panic, a timeout, a handler's own error) is a retry
+//! with the job's backoff.
+//!
+//! Always set `.concurrency(n)` on the worker: without it apalis asks the backend for tasks as
+//! fast as it yields them, with no bound on what is in flight.
+
+use std::{
+    collections::VecDeque,
+    marker::PhantomData,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use apalis_core::{
+    backend::{Backend, BackendConfig, finalize::Ephemeral},
+    error::BoxDynError,
+    layers::{Layer, Service},
+    task::{
+        Task,
+        builder::TaskBuilder,
+        task_id::{RandomId, TaskId},
+    },
+    worker::context::WorkerContext,
+};
+use futures::{FutureExt, future::BoxFuture};
+
+use crate::{Consumer, ConsumerOptions, Delivery, Error, Queue, Result, RetryAfter};
+
+/// How a handler asks for a failed job to be settled. Any other error is a retry with backoff.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// Try again later: the attempt counts (dead letter `max_attempts` when none is left).
+    #[error("retry: {error}")]
+    Retry {
+        /// When to try again.
+        after: RetryAfter,
+        /// The last error, kept with the job.
+        error: String,
+    },
+    /// Never try again: straight to the dead-letter stream.
+    #[error("fatal ({reason}): {error}")]
+    Fatal {
+        /// Dead-letter reason, a short bounded word such as `decode` or `rejected`.
+        reason: String,
+        /// The last error.
+        error: String,
+    },
+    /// Not a failure, the job may just not run yet (a rate limit): back to the delayed set
+    /// without counting an attempt.
+    #[error("deferred for {0:?}")]
+    Defer(Duration),
+}
+
+/// What one apalis task carries: a single delivery or a whole batch. Sealed to those two.
+pub trait Mode: Send + Unpin + 'static + private::Sealed {
+    /// The task's arguments.
+    type Args: Send + Sync + 'static;
+    /// Takes the next task's arguments out of the read buffer.
+    fn take(buffer: &mut VecDeque<Delivery>) -> Option<Self::Args>;
+    /// The deliveries a task settles, kept by the middleware while the handler owns the task.
+    fn deliveries(args: &Self::Args) -> Vec<Delivery>;
+    /// The apalis task id: the (first) stream entry id, unique while in flight.
+    fn task_id(args: &Self::Args) -> String;
+}
+
+mod private {
+    pub trait Sealed {}
+    impl Sealed for super::Single {}
+    impl Sealed for super::Batch {}
+}
+
+/// One [`Delivery`] per task.
+#[derive(Debug)]
+pub struct Single;
+
+/// One `Vec<Delivery>` (a whole read) per task.
+#[derive(Debug)]
+pub struct Batch;
+
+impl Mode for Single {
+    type Args = Delivery;
+    fn take(buffer: &mut VecDeque<Delivery>) -> Option<Delivery> {
+        buffer.pop_front()
+    }
+    fn deliveries(args: &Delivery) -> Vec<Delivery> {
+        vec![args.clone()]
+    }
+    fn task_id(args: &Delivery) -> String {
+        args.stream_id.clone()
+    }
+}
+
+impl Mode for Batch {
+    type Args = Vec<Delivery>;
+    fn take(buffer: &mut VecDeque<Delivery>) -> Option<Vec<Delivery>> {
+        (!buffer.is_empty()).then(|| buffer.drain(..).collect())
+    }
+    fn deliveries(args: &Vec<Delivery>) -> Vec<Delivery> {
+        args.clone()
+    }
+    fn task_id(args: &Vec<Delivery>) -> String {
+        args.first()
+            .map(|d| d.stream_id.clone())
+            .unwrap_or_default()
+    }
+}
+
+type ReadResult = (Consumer, Result<Vec<Delivery>>);
+
+/// Where the reading side is.
+enum Reader {
+    /// Nothing created yet (consumers are made on first poll, so a `Monitor` factory can build the
+    /// backend synchronously on every restart).
+    Start,
+    /// Creating the reading and the settling consumer.
+    Connecting(BoxFuture<'static, Result<Consumer>>),
+    /// Between reads.
+    Idle(Consumer),
+    /// A read in flight; it owns the consumer and gives it back.
+    Reading(BoxFuture<'static, ReadResult>),
+    /// Closing: giving back what was read but never started.
+    Closing(BoxFuture<'static, Result<()>>),
+    /// Closed.
+    Done,
+}
+
+/// An apalis backend over one queue's consumer group. See the module docs.
+pub struct StreamsBackend<M: Mode> {
+    queue: Queue,
+    options: ConsumerOptions,
+    reader: Reader,
+    buffer: VecDeque<Delivery>,
+    /// Settles (ack, retry, dead letter, defer) from the middleware while the reader is blocked
+    /// in a read: `Consumer::next_batch` takes `&mut self`, so settling needs its own handle.
+    settler: Arc<OnceLock<Consumer>>,
+    closing: Arc<AtomicBool>,
+    _mode: PhantomData<M>,
+}
+
+impl<M: Mode> std::fmt::Debug for StreamsBackend<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamsBackend")
+            .field("queue", &self.queue.name())
+            .field("consumer", &self.options.consumer)
+            .field("buffered", &self.buffer.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamsBackend<Single> {
+    /// A backend handing one delivery per task. Reads still happen in batches of
+    /// `options.batch_size`; at most that many deliveries wait in the buffer.
+    pub fn single(queue: Queue, options: ConsumerOptions) -> Self {
+        Self::new(queue, options)
+    }
+}
+
+impl StreamsBackend<Batch> {
+    /// A backend handing each read batch as one task.
+    pub fn batch(queue: Queue, options: ConsumerOptions) -> Self {
+        Self::new(queue, options)
+    }
+}
+
+impl<M: Mode> StreamsBackend<M> {
+    fn new(queue: Queue, options: ConsumerOptions) -> Self {
+        StreamsBackend {
+            queue,
+            options,
+            reader: Reader::Start,
+            buffer: VecDeque::new(),
+            settler: Arc::new(OnceLock::new()),
+            closing: Arc::new(AtomicBool::new(false)),
+            _mode: PhantomData,
+        }
+    }
+
+    fn read(&self, mut consumer: Consumer) -> BoxFuture<'static, ReadResult> {
+        let closing = self.closing.clone();
+        async move {
+            // A lost Redis must not end the worker: wait and retry with capped backoff.
+            let mut wait = Duration::from_millis(100);
+            loop {
+                match consumer.next_batch().await {
+                    Err(e) if e.is_unavailable() && !closing.load(Ordering::Relaxed) => {
+                        tracing::warn!(error = %e, "queue read failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                    other => return (consumer, other),
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+impl<M: Mode> Backend for StreamsBackend<M> {
+    type Task = Task<M::Args>;
+    type Error = Error;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Option<Result<Task<M::Args>>>> {
+        loop {
+            if let Some(args) = M::take(&mut self.buffer) {
+                let id = TaskId::from_string(M::task_id(&args));
+                return Poll::Ready(Some(Ok(TaskBuilder::new(args).task_id(id).build())));
+            }
+            match std::mem::replace(&mut self.reader, Reader::Done) {
+                Reader::Start => {
+                    let (queue, options) = (self.queue.clone(), self.options.clone());
+                    let settler = self.settler.clone();
+                    self.reader = Reader::Connecting(
+                        async move {
+                            if settler.get().is_none() {
+                                let _ = settler.set(queue.consumer(options.clone()).await?);
+                            }
+                            queue.consumer(options).await
+                        }
+                        .boxed(),
+                    );
+                }
+                Reader::Connecting(mut connecting) => match connecting.poll_unpin(cx) {
+                    Poll::Pending => {
+                        self.reader = Reader::Connecting(connecting);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(consumer)) => self.reader = Reader::Idle(consumer),
+                    Poll::Ready(Err(e)) => {
+                        self.reader = Reader::Start;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+                Reader::Idle(consumer) => self.reader = Reader::Reading(self.read(consumer)),
+                Reader::Reading(mut reading) => match reading.poll_unpin(cx) {
+                    Poll::Pending => {
+                        self.reader = Reader::Reading(reading);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready((consumer, batch)) => {
+                        self.reader = Reader::Idle(consumer);
+                        // An empty batch (block time out, paused queue) just loops into the next
+                        // read, which waits in Redis: no busy polling.
+                        self.buffer.extend(match batch {
+                            Ok(batch) => batch,
+                            Err(e) => return Poll::Ready(Some(Err(e))),
+                        });
+                    }
+                },
+                closed @ (Reader::Closing(_) | Reader::Done) => {
+                    self.reader = closed;
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    /// Called by apalis once shutdown began and every started task finished (and so was settled
+    /// by the middleware). Finishes a read in flight, then gives every delivery read but never
+    /// started back to the delayed set, due now and without counting an attempt, so another
+    /// worker picks it up as soon as the scheduler promotes it instead of after a stall lease.
+    fn poll_close(&mut self, cx: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<()>> {
+        self.closing.store(true, Ordering::Relaxed);
+        loop {
+            match std::mem::replace(&mut self.reader, Reader::Done) {
+                // Nothing was read: dropping a half-made connection loses nothing.
+                Reader::Start | Reader::Connecting(_) | Reader::Done => return Poll::Ready(Ok(())),
+                Reader::Reading(mut reading) => match reading.poll_unpin(cx) {
+                    Poll::Pending => {
+                        self.reader = Reader::Reading(reading);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready((consumer, batch)) => {
+                        self.buffer.extend(batch.unwrap_or_default());
+                        self.reader = Reader::Idle(consumer);
+                    }
+                },
+                Reader::Idle(consumer) => {
+                    let unstarted: Vec<Delivery> = self.buffer.drain(..).collect();
+                    self.reader = Reader::Closing(
+                        async move {
+                            let back = unstarted.iter().map(|d| consumer.defer(d, Duration::ZERO));
+                            for r in futures::future::join_all(back).await {
+                                r?;
+                            }
+                            Ok(())
+                        }
+                        .boxed(),
+                    );
+                }
+                Reader::Closing(mut closing) => match closing.poll_unpin(cx) {
+                    Poll::Pending => {
+                        self.reader = Reader::Closing(closing);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(r) => return Poll::Ready(r),
+                },
+            }
+        }
+    }
+}
+
+impl<M: Mode> BackendConfig for StreamsBackend<M> {
+    type Args = M::Args;
+    type Id = RandomId;
+    type Kind = Ephemeral;
+    type Config = ConsumerOptions;
+    type Layer = SettleLayer<M>;
+
+    fn config(&self) -> &ConsumerOptions {
+        &self.options
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> SettleLayer<M> {
+        SettleLayer {
+            settler: self.settler.clone(),
+            _mode: PhantomData,
+        }
+    }
+}
+
+/// The backend's middleware: settles each task from its result. apalis places it outside every
+/// user layer, so it sees caught panics and timeouts as errors.
+pub struct SettleLayer<M> {
+    settler: Arc<OnceLock<Consumer>>,
+    _mode: PhantomData<fn() -> M>,
+}
+
+impl<M> std::fmt::Debug for SettleLayer<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SettleLayer").finish_non_exhaustive()
+    }
+}
+
+impl<M> Clone for SettleLayer<M> {
+    fn clone(&self) -> Self {
+        SettleLayer {
+            settler: self.settler.clone(),
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<S, M> Layer<S> for SettleLayer<M> {
+    type Service = SettleService<S, M>;
+
+    fn layer(&self, inner: S) -> SettleService<S, M> {
+        SettleService {
+            inner,
+            settler: self.settler.clone(),
+            _mode: PhantomData,
+        }
+    }
+}
+
+/// The service [`SettleLayer`] makes.
+pub struct SettleService<S, M> {
+    inner: S,
+    settler: Arc<OnceLock<Consumer>>,
+    _mode: PhantomData<fn() -> M>,
+}
+
+impl<S, M> std::fmt::Debug for SettleService<S, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SettleService").finish_non_exhaustive()
+    }
+}
+
+impl<S, M> Service<Task<M::Args>> for SettleService<S, M>
+where
+    M: Mode,
+    S: Service<Task<M::Args>>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxDynError>,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxDynError;
+    type Future = BoxFuture<'static, Result<S::Response, BoxDynError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxDynError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, task: Task<M::Args>) -> Self::Future {
+        let deliveries = M::deliveries(&task.args);
+        let settler = self.settler.clone();
+        let handled = self.inner.call(task);
+        async move {
+            let result = handled.await.map_err(Into::into);
+            // Set before the backend yields its first task, so always there.
+            let consumer = settler.get().ok_or("settling consumer missing")?;
+            // A settle that fails (Redis away) leaves the entries pending: the scheduler's
+            // reclaim hands them out again after the lease, so nothing is lost.
+            settle(consumer, &deliveries, result.as_ref().err()).await?;
+            result
+        }
+        .boxed()
+    }
+}
+
+/// Acknowledges, retries, dead-letters or defers `deliveries` by the handler's error (`None`:
+/// success).
+async fn settle(c: &Consumer, deliveries: &[Delivery], error: Option<&BoxDynError>) -> Result<()> {
+    let Some(error) = error else {
+        c.ack(&deliveries.iter().collect::<Vec<_>>()).await?;
+        return Ok(());
+    };
+    let action = error
+        .downcast_ref::<JobError>()
+        .cloned()
+        .unwrap_or_else(|| JobError::Retry {
+            after: RetryAfter::Backoff,
+            error: error.to_string(),
+        });
+    for d in deliveries {
+        match &action {
+            JobError::Retry { after, error } => {
+                c.retry(d, *after, error).await?;
+            }
+            JobError::Fatal { reason, error } => {
+                c.dead_letter(d, reason, error).await?;
+            }
+            JobError::Defer(delay) => {
+                c.defer(d, *delay).await?;
+            }
+        }
+    }
+    Ok(())
+}
