@@ -1,6 +1,108 @@
 //! fleet-ingest: verifies provider webhooks and send-API requests, normalizes them, and enqueues
 //! them on Redis stream queues, answering fast so providers do not retry.
+//!
+//! [`app`] builds the router (tests drive it with `oneshot`); [`run`] serves it with the
+//! background tasks (backlog monitor, background Redis connection, SIGHUP tenants reload) until
+//! shutdown. `main.rs` only loads configuration and telemetry and calls [`run_with_state`].
 
+pub mod config;
+mod http;
 pub mod meta;
+pub mod metrics;
 pub mod rules;
+mod state;
 pub mod twilio;
+
+use fleet_queue::Broker;
+use fleet_runtime::{Shutdown, TenantsHandle};
+use tokio::net::TcpListener;
+
+pub use crate::{
+    config::IngestConfig,
+    http::{EMPTY_TWIML, IDEMPOTENCY_KEY_MAX_LEN, TEXT_MAX_CHARS, app},
+    state::AppState,
+};
+
+/// Serves ingest on `listener` until `shutdown`: builds the state over `tenants` and `broker`
+/// (or, with `None`, connects to `config.redis_url` in the background, answering 503 meanwhile).
+pub async fn run(
+    config: IngestConfig,
+    listener: TcpListener,
+    broker: Option<Broker>,
+    tenants: TenantsHandle,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let state = AppState::new(config, tenants);
+    if let Some(broker) = broker {
+        state.set_broker(broker);
+    }
+    run_with_state(state, listener, shutdown).await
+}
+
+/// Serves `state` on `listener` until `shutdown`, with the background tasks; in-flight requests
+/// finish before it returns.
+pub async fn run_with_state(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    metrics::describe();
+    if !state.has_broker() {
+        tokio::spawn(connect_in_background(state.clone(), shutdown.clone()));
+    }
+    tokio::spawn(state.clone().run_backlog_monitor(shutdown.clone()));
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(state.clone(), shutdown.clone()));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "ingest listening on {addr}");
+    }
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.cancelled())
+        .await
+}
+
+/// Connects to Redis patiently (capped backoff) and hands the broker to the state; gives up only
+/// on shutdown or on an error that retrying cannot fix.
+async fn connect_in_background(state: AppState, shutdown: Shutdown) {
+    let (url, prefix) = (
+        state.config().redis_url.clone(),
+        state.config().key_prefix.clone(),
+    );
+    tokio::select! {
+        result = Broker::connect_patiently(&url, &prefix) => match result {
+            Ok(broker) => {
+                tracing::info!("connected to redis: accepting webhooks");
+                state.set_broker(broker);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot connect to redis; every request is answered 503"),
+        },
+        () = shutdown.cancelled() => {}
+    }
+}
+
+/// Reloads the tenants file on SIGHUP; a bad file is logged and the current tenants stay.
+#[cfg(unix)]
+async fn reload_on_sighup(state: AppState, shutdown: Shutdown) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; tenants reload disabled");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            received = hup.recv() => {
+                if received.is_none() {
+                    return;
+                }
+                match state.reload_tenants() {
+                    Ok(n) => tracing::info!(tenants = n, "tenants reloaded on SIGHUP"),
+                    Err(e) => tracing::error!(error = %e, "tenants reload failed; keeping the current tenants"),
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

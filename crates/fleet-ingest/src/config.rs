@@ -1,0 +1,150 @@
+//! Ingest's own settings: the shared ones it uses from [`CommonConfig`] plus the `[ingest]`
+//! section of the config file, resolved once at start into [`IngestConfig`].
+
+use std::time::Duration;
+
+use fleet_runtime::{CommonConfig, ConfigError};
+use serde::Deserialize;
+
+/// Default largest request body: 4 MiB, above Meta's ~3 MB webhook maximum.
+pub const BODY_LIMIT_DEFAULT: usize = 4 * 1024 * 1024;
+/// Default interval of the queue backlog check that drives the high-water 503.
+pub const BACKLOG_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
+/// Default `Retry-After` of a 503 (Redis unavailable or a queue over its high-water mark).
+pub const RETRY_AFTER_UNAVAILABLE_DEFAULT: Duration = Duration::from_secs(5);
+
+/// The `[ingest]` section of the config file; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSection {
+    /// Largest request body in bytes (default 4 MiB).
+    pub body_limit_bytes: Option<usize>,
+    /// Backlog check interval in milliseconds (default 100).
+    pub backlog_interval_ms: Option<u64>,
+    /// `Retry-After` of a 503, in seconds (default 5).
+    pub retry_after_secs: Option<u64>,
+}
+
+/// Everything the ingest service needs to know besides its tenants, broker and listener.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Largest accepted request body; larger ones get 413.
+    pub body_limit: usize,
+    /// Waiting entries of one queue above which webhooks and the send API answer 503.
+    pub queue_high_water: u64,
+    /// How often the backlog of each queue is read (the answer is cached in between).
+    pub backlog_interval: Duration,
+    /// `Retry-After` sent with a 503.
+    pub retry_after_unavailable: Duration,
+    /// Public base URL as providers call it (Twilio signs it), without a trailing slash; `None`
+    /// rebuilds it from the request's `Host` (and `X-Forwarded-Proto`).
+    pub public_url: Option<String>,
+    /// Redis URL, for a background connection when none was given at start.
+    pub redis_url: String,
+    /// Key prefix of every Redis key.
+    pub key_prefix: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            body_limit: BODY_LIMIT_DEFAULT,
+            queue_high_water: fleet_runtime::config::DEFAULT_QUEUE_HIGH_WATER,
+            backlog_interval: BACKLOG_INTERVAL_DEFAULT,
+            retry_after_unavailable: RETRY_AFTER_UNAVAILABLE_DEFAULT,
+            public_url: None,
+            redis_url: fleet_runtime::config::DEFAULT_REDIS_URL.to_owned(),
+            key_prefix: fleet_runtime::config::DEFAULT_KEY_PREFIX.to_owned(),
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Resolves the ingest settings from the common configuration and its `[ingest]` section.
+    pub fn from_common(common: &CommonConfig) -> Result<Self, ConfigError> {
+        let section: IngestSection = common.section("ingest")?;
+        let invalid = |key: &str, message: &str| ConfigError::Section {
+            section: "ingest".to_owned(),
+            path: common.config_path.clone().unwrap_or_default(),
+            message: format!("{key}: {message}"),
+        };
+        let body_limit = section.body_limit_bytes.unwrap_or(BODY_LIMIT_DEFAULT);
+        if !(1024..=64 * 1024 * 1024).contains(&body_limit) {
+            return Err(invalid(
+                "body_limit_bytes",
+                "must be between 1024 and 67108864",
+            ));
+        }
+        let backlog_interval = section
+            .backlog_interval_ms
+            .map_or(BACKLOG_INTERVAL_DEFAULT, Duration::from_millis);
+        if backlog_interval < Duration::from_millis(10)
+            || backlog_interval > Duration::from_secs(60)
+        {
+            return Err(invalid(
+                "backlog_interval_ms",
+                "must be between 10 and 60000",
+            ));
+        }
+        let retry_after = section
+            .retry_after_secs
+            .map_or(RETRY_AFTER_UNAVAILABLE_DEFAULT, Duration::from_secs);
+        if retry_after.is_zero() || retry_after > Duration::from_secs(3600) {
+            return Err(invalid("retry_after_secs", "must be between 1 and 3600"));
+        }
+        Ok(IngestConfig {
+            body_limit,
+            queue_high_water: common.queue_high_water,
+            backlog_interval,
+            retry_after_unavailable: retry_after,
+            public_url: common.public_url.clone(),
+            redis_url: common.redis_url.clone(),
+            key_prefix: common.key_prefix.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, path::Path};
+
+    use fleet_runtime::CommonArgs;
+
+    use super::*;
+
+    fn load(text: &str) -> Result<IngestConfig, ConfigError> {
+        let env: HashMap<&str, &str> = HashMap::new();
+        let common = CommonConfig::load_with_file_text(
+            &CommonArgs::default(),
+            &env,
+            Path::new("/tmp/fleet.toml"),
+            text,
+        )?;
+        IngestConfig::from_common(&common)
+    }
+
+    #[test]
+    fn defaults_apply_without_a_section() {
+        let c = load("").unwrap();
+        assert_eq!(c.body_limit, BODY_LIMIT_DEFAULT);
+        assert_eq!(c.backlog_interval, BACKLOG_INTERVAL_DEFAULT);
+        assert_eq!(c.queue_high_water, 1_000_000);
+        assert_eq!(c.public_url, None);
+    }
+
+    #[test]
+    fn section_values_are_read_and_checked() {
+        let c = load(
+            "queue_high_water = 10\n[ingest]\nbody_limit_bytes = 2048\nretry_after_secs = 2\n",
+        )
+        .unwrap();
+        assert_eq!((c.body_limit, c.queue_high_water), (2048, 10));
+        assert_eq!(c.retry_after_unavailable, Duration::from_secs(2));
+        assert!(load("[ingest]\nbody_limit_bytes = 1\n").is_err());
+        assert!(load("[ingest]\nretry_after_secs = 0\n").is_err());
+        assert!(
+            load("[ingest]\nbody_limit = 4096\n").is_err(),
+            "typos are rejected"
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! Ingest's metric names and the helpers that record them, so names and labels live in one place.
+//!
+//! Labels are bounded: `provider` (`meta`, `twilio`, or `api` for the send API), `outcome`,
+//! `reason` (a fixed set of words from the rejection sites), `queue`; never a tenant-supplied
+//! string, id or phone number.
+
+use std::time::Duration;
+
+/// Requests answered, by `provider` and `outcome`.
+pub const REQUESTS_TOTAL: &str = "fleet_ingest_requests_total";
+/// Request handling time, by `provider` and `outcome`.
+pub const REQUEST_DURATION_SECONDS: &str = "fleet_ingest_request_duration_seconds";
+/// Request body bytes read, by `provider`.
+pub const REQUEST_BODY_BYTES_TOTAL: &str = "fleet_ingest_request_body_bytes_total";
+/// Requests refused, by `provider` and `reason`.
+pub const REJECTED_TOTAL: &str = "fleet_ingest_rejected_total";
+/// Events (messages, statuses, send requests) handed to a queue, by `provider` and `outcome`
+/// (`enqueued` or `duplicate`).
+pub const EVENTS_TOTAL: &str = "fleet_ingest_events_total";
+/// Meta changes of fields other than `messages`, answered 200 and not enqueued.
+pub const OTHER_FIELDS_TOTAL: &str = "fleet_ingest_other_fields_total";
+/// Status events with a status word Fleet does not track, answered 200 and not enqueued.
+pub const IGNORED_STATUSES_TOTAL: &str = "fleet_ingest_ignored_statuses_total";
+/// Meta subscription handshakes, by `outcome`.
+pub const HANDSHAKES_TOTAL: &str = "fleet_ingest_handshakes_total";
+/// Tenants file reloads, by `outcome`.
+pub const TENANT_RELOADS_TOTAL: &str = "fleet_ingest_tenant_reloads_total";
+/// The last backlog read of each queue, by `queue`.
+pub const QUEUE_BACKLOG_ENTRIES: &str = "fleet_ingest_queue_backlog_entries";
+/// 1 while Redis is unreachable (webhooks answer 503), 0 otherwise.
+pub const REDIS_UNAVAILABLE: &str = "fleet_ingest_redis_unavailable";
+
+/// Describes every metric once, so `/metrics` carries HELP lines.
+pub fn describe() {
+    metrics::describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered by ingest, by provider and outcome."
+    );
+    metrics::describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from request start to answer, by provider and outcome."
+    );
+    metrics::describe_counter!(
+        REQUEST_BODY_BYTES_TOTAL,
+        metrics::Unit::Bytes,
+        "Request body bytes read."
+    );
+    metrics::describe_counter!(REJECTED_TOTAL, "Requests refused, by provider and reason.");
+    metrics::describe_counter!(
+        EVENTS_TOTAL,
+        "Events handed to a queue, by provider and outcome."
+    );
+    metrics::describe_counter!(
+        OTHER_FIELDS_TOTAL,
+        "Meta changes of fields other than messages (not enqueued)."
+    );
+    metrics::describe_counter!(
+        IGNORED_STATUSES_TOTAL,
+        "Status events with an untracked status word (not enqueued)."
+    );
+    metrics::describe_counter!(
+        HANDSHAKES_TOTAL,
+        "Meta subscription handshakes, by outcome."
+    );
+    metrics::describe_counter!(TENANT_RELOADS_TOTAL, "Tenants file reloads, by outcome.");
+    metrics::describe_gauge!(
+        QUEUE_BACKLOG_ENTRIES,
+        "Waiting entries of each queue at the last backlog check."
+    );
+    metrics::describe_gauge!(
+        REDIS_UNAVAILABLE,
+        "1 while Redis is unreachable and ingest answers 503."
+    );
+}
+
+/// Records one answered request.
+pub fn request(
+    provider: &'static str,
+    outcome: &'static str,
+    elapsed: Duration,
+    body_bytes: usize,
+) {
+    metrics::counter!(REQUESTS_TOTAL, "provider" => provider, "outcome" => outcome).increment(1);
+    metrics::histogram!(REQUEST_DURATION_SECONDS, "provider" => provider, "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+    if body_bytes > 0 {
+        metrics::counter!(REQUEST_BODY_BYTES_TOTAL, "provider" => provider)
+            .increment(body_bytes as u64);
+    }
+}
+
+/// Records one refused request.
+pub fn rejected(provider: &'static str, reason: &'static str) {
+    metrics::counter!(REJECTED_TOTAL, "provider" => provider, "reason" => reason).increment(1);
+}
+
+/// Records events handed to a queue.
+pub fn events(provider: &'static str, enqueued: u64, duplicates: u64) {
+    if enqueued > 0 {
+        metrics::counter!(EVENTS_TOTAL, "provider" => provider, "outcome" => "enqueued")
+            .increment(enqueued);
+    }
+    if duplicates > 0 {
+        metrics::counter!(EVENTS_TOTAL, "provider" => provider, "outcome" => "duplicate")
+            .increment(duplicates);
+    }
+}
