@@ -190,10 +190,46 @@ async fn a_failing_handler_retries_through_the_delayed_set_with_the_attempt_coun
 #[tokio::test]
 async fn a_panicking_handler_does_not_kill_the_worker_and_is_retried() {
     let t = TestQueue::new().await;
-    run_one_failing(&t, |_| async { panic!("handler bug") }).await;
+    fill(&t, 10, slow_retries()).await;
+    let seen = Seen::default();
+    async fn handle(d: Delivery, seen: Data<Seen>) -> Result<(), JobError> {
+        let job: u32 = d.decode().unwrap();
+        if job == 3 {
+            panic!("handler bug on job 3");
+        }
+        seen.record(job);
+        Ok(())
+    }
+    // Stop once all ten were reported (nine successes, one caught panic), whatever the order.
+    let reported = Arc::new(AtomicUsize::new(0));
+    let counter = reported.clone();
+    WorkerBuilder::new("panicking")
+        .backend(StreamsBackend::single(t.queue.clone(), options(10)))
+        .data(seen.clone())
+        .on_event(move |w, ev| {
+            if matches!(ev, Event::Success(_) | Event::Error(_))
+                && counter.fetch_add(1, Ordering::SeqCst) + 1 == 10
+            {
+                w.stop().unwrap();
+            }
+        })
+        .concurrency(1)
+        .catch_panic()
+        .build(handle)
+        .run()
+        .await
+        .unwrap();
+    let mut jobs = seen.jobs.lock().unwrap().clone();
+    jobs.sort_unstable();
+    assert_eq!(
+        jobs,
+        [0, 1, 2, 4, 5, 6, 7, 8, 9],
+        "the worker went on after the panic"
+    );
     let stats = t.queue.stats().await.unwrap();
     assert_eq!((stats.delayed, stats.pending(), stats.dead), (1, 0, 0));
-    assert_eq!(next_attempt(&t).await.attempts, 1);
+    let again = next_attempt(&t).await;
+    assert_eq!((again.attempts, again.decode::<u32>().unwrap()), (1, 3));
 }
 
 #[tokio::test]
