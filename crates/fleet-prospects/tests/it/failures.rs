@@ -1,0 +1,121 @@
+//! Failures: one bad entry is isolated and dead-lettered alone; a transient outage holds the batch.
+
+use std::time::Duration;
+
+use fleet_core::{EnqueueOptions, InboundBody};
+use fleet_runtime::Shutdown;
+use fleet_store::{PoolOptions, Store};
+
+use crate::{Harness, msg};
+
+#[tokio::test]
+async fn a_poison_entry_is_isolated_and_only_it_is_dead_lettered() {
+    let h = Harness::new().await;
+    let t = 1_700_000_000;
+    let mut events: Vec<_> = (0..40)
+        .map(|i| {
+            msg(
+                "plain",
+                &format!("c{}", i % 5),
+                &format!("m{i}"),
+                t + i,
+                "ok",
+            )
+        })
+        .collect();
+    // Postgres rejects a NUL byte in text: the whole statement fails with a data error.
+    if let InboundBody::Message(m) = &mut events[17].body {
+        m.text = Some("bad\0byte".into());
+    }
+    // Rejected by the store before any SQL.
+    if let InboundBody::Message(m) = &mut events[30].body {
+        m.contact = String::new();
+    }
+    h.enqueue(&events).await;
+    // Not an InboundEvent at all.
+    h.inbound()
+        .enqueue(&"not an event", &EnqueueOptions::default())
+        .await
+        .unwrap();
+
+    let mut worker = h.worker(Harness::config(100), Shutdown::new()).await;
+    let report = worker.run_once().await.unwrap();
+    assert_eq!(report.delivered, 41);
+    assert_eq!(report.dead_lettered, 3);
+    assert_eq!(report.acked, 38);
+    h.drain(&mut worker).await;
+
+    assert_eq!(h.totals().await.0, 38);
+    assert_eq!(h.pending_and_dead().await, (0, 3));
+    let mut reasons: Vec<String> = h
+        .inbound()
+        .dead_list(10, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.reason)
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["data", "decode", "invalid"]);
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT provider_message_id FROM messages WHERE provider_message_id IN ('m17', 'm30')",
+    )
+    .fetch_all(h.store().pool())
+    .await
+    .unwrap();
+    assert!(stored.is_empty());
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_transient_outage_acknowledges_nothing_and_dead_letters_nothing() {
+    let h = Harness::new().await;
+    h.enqueue(&[
+        msg("plain", "c1", "m1", 1_700_000_000, "ok"),
+        msg("plain", "c2", "m2", 1_700_000_001, "ok"),
+    ])
+    .await;
+    // Postgres "down": nothing listens on port 1.
+    let down = Store::connect(
+        "postgres://postgres@127.0.0.1:1/fleet",
+        &PoolOptions {
+            acquire_timeout: Duration::from_millis(200),
+            ..PoolOptions::default()
+        },
+    )
+    .unwrap();
+    let shutdown = Shutdown::new();
+    let name = fleet_queue::unique_consumer_name("down");
+    let mut worker = fleet_prospects::BatchWorker::new(
+        &h.broker,
+        down,
+        h.tenants.clone(),
+        Harness::config(10),
+        name,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    // Stop during the retry wait: the batch must be left pending, not acknowledged or dead.
+    shutdown.cancel();
+    let report = worker.run_once().await.unwrap();
+    assert!(report.interrupted);
+    assert_eq!((report.acked, report.dead_lettered), (0, 0));
+    assert_eq!(h.pending_and_dead().await, (2, 0));
+
+    // Once Postgres is back (a healthy worker after stalled recovery), everything is written.
+    h.inbound()
+        .reclaim_stalled(
+            fleet_queue::GROUP_DEFAULT,
+            Duration::ZERO,
+            100,
+            fleet_queue::now_ms(),
+        )
+        .await
+        .unwrap();
+    let mut healthy = h.worker(Harness::config(10), Shutdown::new()).await;
+    h.drain(&mut healthy).await;
+    assert_eq!(h.totals().await, (2, 2, 2));
+    assert_eq!(h.pending_and_dead().await, (0, 0));
+    h.cleanup().await;
+}
