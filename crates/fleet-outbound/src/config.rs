@@ -1,0 +1,155 @@
+//! The outbound worker's settings: the `[outbound]` section of the config file, plus the provider
+//! base URLs from the common configuration.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::http::HttpConfig;
+
+/// Default sends in flight per process (the send is I/O bound: concurrency, not CPU, sets throughput).
+pub const CONCURRENCY_DEFAULT: usize = 256;
+/// Default entries read from the queue at once.
+pub const BATCH_SIZE_DEFAULT: usize = 100;
+/// Default minimum spacing of messages from one sender to one recipient (Meta's pair rate).
+pub const RECIPIENT_INTERVAL_DEFAULT: Duration = Duration::from_secs(6);
+/// Default most results written to Postgres in one statement batch.
+pub const RECORD_BATCH_DEFAULT: usize = 500;
+/// Default longest a result waits before its batch is written.
+pub const RECORD_LINGER_DEFAULT: Duration = Duration::from_millis(20);
+/// Default time a shutdown waits for sends in flight.
+pub const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(20);
+
+/// Settings of `fleet-outbound` (file section `[outbound]`; every field has a default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Sends in flight at once per process.
+    pub concurrency: usize,
+    /// Entries read from the queue at once.
+    pub batch_size: usize,
+    /// Minimum milliseconds between two messages of one sender to one recipient; 0 disables.
+    pub recipient_interval_ms: u64,
+    /// Messages one recipient may get back to back before the spacing applies.
+    pub recipient_burst: u32,
+    /// Messages one sender may send back to back above its rate.
+    pub sender_burst: u32,
+    /// Rate-limit slots are reserved at most this far ahead, in milliseconds.
+    pub reservation_horizon_ms: u64,
+    /// A reserved slot is honoured up to this late, in milliseconds.
+    pub reservation_grace_ms: u64,
+    /// Longest a send waits in the process for its rate-limit slot (local smoothing, or a reserved
+    /// slot due very soon) before the job is deferred to the delayed set instead, in milliseconds.
+    pub local_wait_max_ms: u64,
+    /// Look up the "already sent" record of every job before sending it (turn off only when the
+    /// queue is known never to redeliver a sent job).
+    pub check_sent: bool,
+    /// Most results written to Postgres at once.
+    pub record_batch: usize,
+    /// Longest a result waits before its batch is written, in milliseconds.
+    pub record_linger_ms: u64,
+    /// Time a shutdown waits for sends in flight, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// The HTTP client.
+    pub http: HttpConfig,
+    /// Graph API base URL (from `FLEET_META_API_BASE`; not read from the section).
+    #[serde(skip)]
+    pub meta_api_base: String,
+    /// Twilio API base URL (from `FLEET_TWILIO_API_BASE`; not read from the section).
+    #[serde(skip)]
+    pub twilio_api_base: String,
+    /// Redis URL, for the rate limiter's connection (until the limiter moves into `fleet-queue`
+    /// and shares the broker's).
+    #[serde(skip)]
+    pub redis_url: String,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            concurrency: CONCURRENCY_DEFAULT,
+            batch_size: BATCH_SIZE_DEFAULT,
+            recipient_interval_ms: RECIPIENT_INTERVAL_DEFAULT.as_millis() as u64,
+            recipient_burst: 1,
+            sender_burst: 1,
+            reservation_horizon_ms: 30_000,
+            reservation_grace_ms: 10_000,
+            local_wait_max_ms: 50,
+            check_sent: true,
+            record_batch: RECORD_BATCH_DEFAULT,
+            record_linger_ms: RECORD_LINGER_DEFAULT.as_millis() as u64,
+            drain_timeout_ms: DRAIN_TIMEOUT_DEFAULT.as_millis() as u64,
+            http: HttpConfig::default(),
+            meta_api_base: "https://graph.facebook.com/v23.0".into(),
+            twilio_api_base: "https://api.twilio.com".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+        }
+    }
+}
+
+impl OutboundConfig {
+    /// Checks the settings; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=100_000).contains(&self.concurrency) {
+            return Err(format!(
+                "outbound.concurrency must be 1..=100000, got {}",
+                self.concurrency
+            ));
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(format!(
+                "outbound.batch_size must be 1..=10000, got {}",
+                self.batch_size
+            ));
+        }
+        if !(1..=10_000).contains(&self.record_batch) {
+            return Err(format!(
+                "outbound.record_batch must be 1..=10000, got {}",
+                self.record_batch
+            ));
+        }
+        if self.recipient_burst == 0 || self.sender_burst == 0 {
+            return Err(
+                "outbound.recipient_burst and outbound.sender_burst must be at least 1".into(),
+            );
+        }
+        if self.reservation_horizon_ms == 0 {
+            return Err("outbound.reservation_horizon_ms must be positive".into());
+        }
+        for (name, url) in [
+            ("FLEET_META_API_BASE", &self.meta_api_base),
+            ("FLEET_TWILIO_API_BASE", &self.twilio_api_base),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("{name} must be an http(s) URL"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_sections_parse() {
+        assert!(OutboundConfig::default().validate().is_ok());
+        let c: OutboundConfig = toml::from_str(
+            "concurrency = 64\nrecipient_interval_ms = 0\n[http]\nrequest_timeout_ms = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(c.concurrency, 64);
+        assert_eq!(c.recipient_interval_ms, 0);
+        assert_eq!(c.http.request_timeout_ms, 1000);
+        assert!(
+            toml::from_str::<OutboundConfig>("concurency = 1").is_err(),
+            "typos are refused"
+        );
+        let bad = OutboundConfig {
+            concurrency: 0,
+            ..OutboundConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}
