@@ -12,5 +12,7 @@ pub use config::{
     CommonArgs, CommonConfig, ConfigError, Env, FileConfig, ProcessEnv, redacted_url,
 };
 pub use shutdown::{DrainTimeout, Shutdown, drain_with_timeout, shutdown_signal};
-pub use telemetry::{LogFormat, init_test_tracing, init_tracing, install_metrics};
+pub use telemetry::{
+    LogFormat, init_test_tracing, init_tracing, install_metrics, prometheus_builder,
+};
 pub use tenants::{Tenant, Tenants, TenantsError, TenantsHandle};

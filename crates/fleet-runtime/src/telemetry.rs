@@ -126,6 +126,30 @@ pub const BATCH_SIZE_BUCKETS: &[f64] = &[
 /// How often histogram data is drained into the rendered summaries.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Registers the help text of the metrics this crate emits (descriptions go to the recorder installed at the time).
+fn describe_runtime_metrics() {
+    metrics::describe_counter!(
+        "fleet_tenants_reloads_total",
+        "Reloads of the tenants file on SIGHUP, by outcome (ok, error)."
+    );
+}
+
+/// A Prometheus builder with Fleet's histogram buckets; [`install_metrics`] installs one, tests may build local recorders.
+pub fn prometheus_builder() -> PrometheusBuilder {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".to_owned()),
+            LATENCY_BUCKETS_SECONDS,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Suffix("_batch_size".to_owned()),
+                BATCH_SIZE_BUCKETS,
+            )
+        })
+        .expect("bucket lists are non-empty")
+}
+
 /// Installs the process-wide Prometheus recorder (once) and returns its handle; later calls return the same handle.
 ///
 /// A background thread runs the recorder's upkeep, so no tokio runtime is needed.
@@ -135,17 +159,14 @@ pub fn install_metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS_SECONDS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_batch_size".to_owned()), BATCH_SIZE_BUCKETS))
-                .expect("bucket lists are non-empty");
-            let handle = match builder.install_recorder() {
+            let handle = match prometheus_builder().install_recorder() {
                 Ok(handle) => handle,
                 Err(e) => {
                     tracing::warn!(error = %e, "a metrics recorder was already installed; /metrics will be empty");
                     PrometheusBuilder::new().build_recorder().handle()
                 }
             };
+            describe_runtime_metrics();
             let upkeep = handle.clone();
             let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
                 loop {
