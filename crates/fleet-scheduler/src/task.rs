@@ -1,0 +1,93 @@
+//! The loop every maintenance task shares: a staggered start, a jittered interval, a run that is
+//! dropped the moment the task is cancelled, per-run metrics, and failure logs that do not flood.
+
+use std::{future::Future, time::Duration};
+
+use fleet_runtime::Shutdown;
+use rand::Rng;
+use tokio::time::Instant;
+
+/// Share of the interval by which each wait is randomly lengthened or shortened (±10 %), so
+/// replicas and tasks started together drift apart instead of hitting Redis in step.
+pub(crate) const JITTER_FRACTION: f64 = 0.1;
+
+/// One maintenance task, as the shared loop drives it.
+pub(crate) trait Task: Send + Sync + 'static {
+    /// What one run did.
+    type Outcome: Send;
+    /// Short name, used in logs and metric names (`fleet_scheduler_<name>_runs_total`).
+    const NAME: &'static str;
+    /// Time between the end of one run and the start of the next (before jitter).
+    fn interval(&self) -> Duration;
+    /// One run at the given clock.
+    fn tick(&self, now_ms: u64) -> impl Future<Output = fleet_queue::Result<Self::Outcome>> + Send;
+}
+
+/// `base` lengthened or shortened by up to [`JITTER_FRACTION`].
+pub(crate) fn jittered(base: Duration) -> Duration {
+    let f = rand::rng().random_range(1.0 - JITTER_FRACTION..=1.0 + JITTER_FRACTION);
+    base.mul_f64(f)
+}
+
+/// A random point in `[0, base)`: the first run's delay, so tasks and replicas do not start in step.
+pub(crate) fn stagger(base: Duration) -> Duration {
+    base.mul_f64(rand::rng().random_range(0.0..1.0))
+}
+
+/// Runs `task` until `stop` is cancelled. Cancelling drops a run in flight at once: every Redis
+/// call the tasks make is one atomic command or script, so dropping between two leaves nothing
+/// half-done.
+pub(crate) async fn run_loop<T: Task>(task: T, stop: Shutdown) {
+    let runs_metric = format!("fleet_scheduler_{}_runs_total", T::NAME);
+    let duration_metric = format!("fleet_scheduler_{}_run_duration_seconds", T::NAME);
+    let mut failures: u64 = 0;
+    let mut wait = stagger(task.interval());
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let started = Instant::now();
+        let result = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            r = task.tick(fleet_queue::now_ms()) => r,
+        };
+        metrics::histogram!(duration_metric.clone()).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => {
+                metrics::counter!(runs_metric.clone(), "outcome" => "ok").increment(1);
+                if failures > 0 {
+                    tracing::info!(task = T::NAME, failures, "maintenance task recovered");
+                    failures = 0;
+                }
+            }
+            Err(e) => {
+                metrics::counter!(runs_metric.clone(), "outcome" => "error").increment(1);
+                failures += 1;
+                // The first failure, then the 2nd, 4th, 8th...: an outage of Redis is reported
+                // without a line per tick.
+                if failures.is_power_of_two() {
+                    tracing::warn!(task = T::NAME, failures, error = %e, "maintenance run failed");
+                }
+            }
+        }
+        wait = jittered(task.interval());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_its_bounds() {
+        let base = Duration::from_secs(10);
+        for _ in 0..1_000 {
+            let j = jittered(base);
+            assert!(j >= Duration::from_secs(9) && j <= Duration::from_secs(11), "{j:?}");
+            assert!(stagger(base) < base);
+        }
+    }
+}
