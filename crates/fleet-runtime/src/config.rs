@@ -211,7 +211,7 @@ impl FileConfig {
 /// Describes a TOML error on one line, with its line number, and without the source snippet that toml's own `Display`
 /// prints (the snippet could show a secret from a neighbouring key).
 pub(crate) fn toml_error_line(e: &toml::de::Error, text: &str) -> String {
-    let message = e.message().replace('\n', " ");
+    let message = redact_serde_values(&e.message().replace('\n', " "));
     match e.span() {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
@@ -219,6 +219,35 @@ pub(crate) fn toml_error_line(e: &toml::de::Error, text: &str) -> String {
         }
         None => message.trim().to_owned(),
     }
+}
+
+/// Drops the quoted value from serde's "invalid type" and "invalid value" messages
+/// (``invalid type: integer `12345`, expected a string`` becomes `invalid type: integer, expected a string`):
+/// the value may be a secret written with the wrong type, such as an unquoted numeric token.
+/// Other messages quote only key and variant names, which are kept because they say what to fix.
+fn redact_serde_values(message: &str) -> String {
+    if !(message.starts_with("invalid type:")
+        || message.starts_with("invalid value:")
+        || message.starts_with("invalid length"))
+    {
+        return message.to_owned();
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut closing: Option<char> = None;
+    for c in message.chars() {
+        match closing {
+            Some(end) if c == end => closing = None,
+            Some(_) => {}
+            None if c == '`' || c == '"' => {
+                closing = Some(c);
+                if out.ends_with(' ') {
+                    out.pop();
+                }
+            }
+            None => out.push(c),
+        }
+    }
+    out
 }
 
 /// Where a setting's value came from; used in error messages so an operator knows which layer to fix.
@@ -757,7 +786,7 @@ impl CommonConfig {
             .map_err(|e: toml::de::Error| ConfigError::Section {
                 section: name.to_owned(),
                 path: self.config_path.clone().unwrap_or_default(),
-                message: e.message().replace('\n', " ").trim().to_owned(),
+                message: redact_serde_values(e.message().replace('\n', " ").trim()),
             })
     }
 
@@ -1280,6 +1309,30 @@ mod tests {
         assert_eq!(
             cfg.admin_addr_for("outbound", 1),
             "0.0.0.0:9092".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn mistyped_values_are_not_quoted_in_errors() {
+        let msg = load(&CommonArgs::default(), &[], Some("redis_url = 98765432\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(!msg.contains("98765432"), "{msg}");
+        assert!(
+            msg.contains("line 1: invalid type: integer, expected a string"),
+            "{msg}"
+        );
+        let msg = load(
+            &CommonArgs::default(),
+            &[],
+            Some("queue_high_water = \"s3cr3t\"\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+        assert_eq!(
+            redact_serde_values("unknown field `redis_ul`, expected one of `a`"),
+            "unknown field `redis_ul`, expected one of `a`"
         );
     }
 }

@@ -934,6 +934,11 @@ mod tests {
             "tenant `bravo_2`: api_token: is the same as tenant `acme`'s"
         );
         assert_no_secret(&err);
+        // A secret written with the wrong type (an unquoted numeric token) must not be quoted back.
+        let err = parse(&FILE.replace("api_token = \"tok-acme-0001\"", "api_token = 4242424242"))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("4242424242"), "{err}");
         // A type error next to a secret must not quote the secret's line.
         let err = parse(&FILE.replace(
             "rate_limit_per_second = 200",
