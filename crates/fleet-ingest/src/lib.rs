@@ -51,8 +51,11 @@ pub async fn run_with_state(
         tokio::spawn(connect_in_background(state.clone(), shutdown.clone()));
     }
     tokio::spawn(state.clone().run_backlog_monitor(shutdown.clone()));
+    // The limiters follow the reloaded tenants on the next request (see `AppState`).
     #[cfg(unix)]
-    tokio::spawn(reload_on_sighup(state.clone(), shutdown.clone()));
+    if let Err(e) = state.tenants().reload_on_sighup(shutdown.clone()) {
+        tracing::warn!(error = %e, "cannot listen for SIGHUP; tenants reload disabled");
+    }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "ingest listening on {addr}");
     }
@@ -77,32 +80,5 @@ async fn connect_in_background(state: AppState, shutdown: Shutdown) {
             Err(e) => tracing::error!(error = %e, "cannot connect to redis; every request is answered 503"),
         },
         () = shutdown.cancelled() => {}
-    }
-}
-
-/// Reloads the tenants file on SIGHUP; a bad file is logged and the current tenants stay.
-#[cfg(unix)]
-async fn reload_on_sighup(state: AppState, shutdown: Shutdown) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; tenants reload disabled");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            received = hup.recv() => {
-                if received.is_none() {
-                    return;
-                }
-                match state.reload_tenants() {
-                    Ok(n) => tracing::info!(tenants = n, "tenants reloaded on SIGHUP"),
-                    Err(e) => tracing::error!(error = %e, "tenants reload failed; keeping the current tenants"),
-                }
-            }
-            () = shutdown.cancelled() => return,
-        }
     }
 }

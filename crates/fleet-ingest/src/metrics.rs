@@ -23,8 +23,6 @@ pub const OTHER_FIELDS_TOTAL: &str = "fleet_ingest_other_fields_total";
 pub const IGNORED_STATUSES_TOTAL: &str = "fleet_ingest_ignored_statuses_total";
 /// Meta subscription handshakes, by `outcome`.
 pub const HANDSHAKES_TOTAL: &str = "fleet_ingest_handshakes_total";
-/// Tenants file reloads, by `outcome`.
-pub const TENANT_RELOADS_TOTAL: &str = "fleet_ingest_tenant_reloads_total";
 /// The last backlog read of each queue, by `queue`.
 pub const QUEUE_BACKLOG_ENTRIES: &str = "fleet_ingest_queue_backlog_entries";
 /// 1 while Redis is unreachable (webhooks answer 503), 0 otherwise.
@@ -63,7 +61,6 @@ pub fn describe() {
         HANDSHAKES_TOTAL,
         "Meta subscription handshakes, by outcome."
     );
-    metrics::describe_counter!(TENANT_RELOADS_TOTAL, "Tenants file reloads, by outcome.");
     metrics::describe_gauge!(
         QUEUE_BACKLOG_ENTRIES,
         "Waiting entries of each queue at the last backlog check."

@@ -161,31 +161,42 @@ impl AppState {
         self.inner.queues.get()
     }
 
+    /// The current tenants with their limiters. When the tenants handle was reloaded (by SIGHUP or
+    /// [`AppState::reload_tenants`]) the limiters are rebuilt once, keeping those whose rate did not
+    /// change.
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
-        // A poisoned lock only means a reload panicked midway; the stored Arc is still whole.
-        self.inner
+        let current = self.inner.tenants.current();
+        // A poisoned lock only means a rebuild panicked midway; the stored Arc is still whole.
+        let cached = self
+            .inner
             .snapshot
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Re-reads the tenants file and swaps in the new tenants and limiters; on error the current
-    /// set stays in place.
-    pub fn reload_tenants(&self) -> Result<usize, TenantsError> {
-        let result = self.inner.tenants.reload();
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        ::metrics::counter!(metrics::TENANT_RELOADS_TOTAL, "outcome" => outcome).increment(1);
-        let fresh = result?;
-        let count = fresh.len();
+            .clone();
+        if Arc::ptr_eq(&cached.tenants, &current) {
+            return cached;
+        }
         let mut guard = self
             .inner
             .snapshot
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let next = Arc::new(Snapshot::build(fresh, Some(&guard)));
-        *guard = next;
-        Ok(count)
+        if !Arc::ptr_eq(&guard.tenants, &current) {
+            *guard = Arc::new(Snapshot::build(current, Some(&guard)));
+        }
+        guard.clone()
+    }
+
+    /// The reloadable tenants handle (for SIGHUP reloads).
+    pub fn tenants(&self) -> &TenantsHandle {
+        &self.inner.tenants
+    }
+
+    /// Re-reads the tenants file; the next request picks up the new tenants and limiters. On error
+    /// the current set stays in place.
+    pub fn reload_tenants(&self) -> Result<usize, TenantsError> {
+        let fresh = self.inner.tenants.reload()?;
+        Ok(fresh.len())
     }
 
     /// Whether a request for `queue` may be enqueued now, from the cached health and backlog.

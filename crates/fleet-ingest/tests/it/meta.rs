@@ -1,0 +1,484 @@
+//! Meta webhook routes: handshake, signed deliveries, batches, duplicates and every refusal.
+
+use axum::{
+    body::Body,
+    http::{Request, StatusCode},
+};
+use fleet_core::{InboundBody, InboundEvent, Priority};
+use fleet_ingest::{AppState, app};
+use fleet_queue::Broker;
+use fleet_runtime::{Tenants, TenantsHandle};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn handshake_echoes_the_challenge_only_for_the_right_token() {
+    let t = TestApp::new().await;
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+
+    let ok = t.send(get(&format!("/webhooks/meta/acme?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1158201444"))).await;
+    assert_eq!(
+        (ok.status, ok.body.as_str()),
+        (StatusCode::OK, "1158201444")
+    );
+    assert!(
+        ok.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+
+    let wrong = t
+        .send(get(
+            "/webhooks/meta/acme?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=CH4LL3NGE",
+        ))
+        .await;
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+    assert!(
+        !wrong.body.contains("CH4LL3NGE") && !wrong.body.contains("verify-me"),
+        "never echo on failure"
+    );
+    let mode = t
+        .send(get(
+            "/webhooks/meta/acme?hub.mode=unsubscribe&hub.verify_token=verify-me&hub.challenge=1",
+        ))
+        .await;
+    assert_eq!(mode.status, StatusCode::FORBIDDEN);
+    let unknown = t
+        .send(get(
+            "/webhooks/meta/nobody?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=1",
+        ))
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let twilio_only = t
+        .send(get(
+            "/webhooks/meta/twonly?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=1",
+        ))
+        .await;
+    assert_eq!(twilio_only.status, StatusCode::NOT_FOUND);
+    let no_challenge = t
+        .send(get(
+            "/webhooks/meta/acme?hub.mode=subscribe&hub.verify_token=verify-me",
+        ))
+        .await;
+    assert_eq!(no_challenge.status, StatusCode::BAD_REQUEST);
+    t.assert_nothing_enqueued("handshake").await;
+}
+
+/// Two entries, three changes (one `account_update`), three messages and two statuses.
+fn batch_body() -> Vec<u8> {
+    br#"{"object":"whatsapp_business_account","entry":[
+      {"id":"102290129340398","changes":[
+        {"value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550783881","phone_number_id":"106540352242922"},
+          "contacts":[{"profile":{"name":"Sheena Nelson"},"wa_id":"16505551234"}],
+          "messages":[
+            {"from":"16505551234","id":"wamid.T1","timestamp":"1749416383","type":"text","text":{"body":"Does it come in another color?"}},
+            {"from":"16505551234","id":"wamid.I1","timestamp":"1749416384","type":"interactive",
+             "interactive":{"type":"button_reply","button_reply":{"id":"yes","title":"Yes"}}}]},
+         "field":"messages"},
+        {"field":"account_update","value":{"phone_number":"15550783881","event":"VERIFIED_ACCOUNT"}}]},
+      {"id":"102290129340398","changes":[
+        {"field":"messages","value":{"metadata":{"phone_number_id":"106540352242922"},
+          "messages":[{"from_user_id":"US.77","id":"wamid.U1","timestamp":"1749416385","type":"hologram","hologram":{}}],
+          "statuses":[
+            {"id":"wamid.OUT1","status":"delivered","timestamp":"1749416390","recipient_id":"16505551234"},
+            {"id":"wamid.OUT1","status":"read","timestamp":"1749416391","recipient_id":"16505551234"}]}}]}]}"#
+        .to_vec()
+}
+
+#[tokio::test]
+async fn a_batch_enqueues_every_message_and_status_once() {
+    let t = TestApp::new().await;
+    let body = batch_body();
+    let first = t.send(signed_meta_post("acme", &body)).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(
+        first.json(),
+        serde_json::json!({"accepted": 5, "duplicates": 0})
+    );
+    assert_eq!(t.inbound_backlog().await, 5);
+
+    // Priorities: the button reply high, text and unknown types normal, statuses low.
+    let high: Vec<InboundEvent> = peek(&t.inbound, Priority::High).await;
+    let normal: Vec<InboundEvent> = peek(&t.inbound, Priority::Normal).await;
+    let low: Vec<InboundEvent> = peek(&t.inbound, Priority::Low).await;
+    let ids = |v: &[InboundEvent]| {
+        v.iter()
+            .map(|e| e.provider_message_id().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&high), ["wamid.I1"]);
+    assert_eq!(ids(&normal), ["wamid.T1", "wamid.U1"]);
+    assert_eq!(ids(&low), ["wamid.OUT1", "wamid.OUT1"]);
+    let InboundBody::Message(m) = &normal[0].body else {
+        panic!("message")
+    };
+    assert_eq!(
+        (m.contact.as_str(), m.profile_name.as_deref()),
+        ("16505551234", Some("Sheena Nelson"))
+    );
+    assert_eq!(m.text.as_deref(), Some("Does it come in another color?"));
+    assert!(
+        normal
+            .iter()
+            .all(|e| e.tenant == "acme" && e.received_at_ms > 0)
+    );
+    let InboundBody::Message(u) = &normal[1].body else {
+        panic!("message")
+    };
+    assert_eq!((u.contact.as_str(), u.kind.as_str()), ("US.77", "hologram"));
+
+    // Meta redelivers the same body: answered 200, nothing appended.
+    let again = t.send(signed_meta_post("acme", &body)).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(
+        again.json(),
+        serde_json::json!({"accepted": 0, "duplicates": 5})
+    );
+    assert_eq!(t.inbound_backlog().await, 5);
+
+    // A body mixing a known and a new message appends only the new one.
+    let mixed = meta_text_body(&["wamid.T1", "wamid.T2"]);
+    let reply = t.send(signed_meta_post("acme", &mixed)).await;
+    assert_eq!(
+        reply.json(),
+        serde_json::json!({"accepted": 1, "duplicates": 1})
+    );
+    assert_eq!(t.inbound_backlog().await, 6);
+}
+
+#[tokio::test]
+async fn tenant_priority_overrides_apply() {
+    let prefix = test_prefix();
+    let broker = Broker::connect(REDIS_URL, &prefix).await.unwrap();
+    let tenants = TENANTS.replace(
+        "text = \"normal\"",
+        "text = \"low\"\ninteractive = \"normal\"",
+    );
+    let state = AppState::with_broker(
+        config(&prefix),
+        TenantsHandle::new(Tenants::parse(&tenants).unwrap()),
+        broker.clone(),
+    );
+    let router = app(state);
+    let response = tower::ServiceExt::oneshot(router, signed_meta_post("acme", &batch_body()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let q = broker.queue(fleet_core::INBOUND_QUEUE);
+    let stats = q.priority_stats().await.unwrap();
+    let waiting: Vec<u64> = stats.iter().map(|s| s.waiting).collect();
+    // high: none; normal: the interactive reply and the unknown type; low: the text and two statuses.
+    assert_eq!(waiting, [0, 2, 3]);
+    cleanup(prefix);
+}
+
+#[tokio::test]
+async fn escaped_body_verifies_over_the_raw_bytes_and_not_reserialized() {
+    let t = TestApp::new().await;
+    let raw = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"106540352242922"},"messages":[{"from":"33612345678","id":"wamid.E1","timestamp":"1","type":"text","text":{"body":"Caf\u00e9 \/ ok"}}]}}]}]}"#;
+    let signature = fleet_ingest::meta::sign(META_SECRET.as_bytes(), raw);
+
+    let reserialized =
+        serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(raw).unwrap()).unwrap();
+    let refused = t
+        .send(meta_post("acme", &reserialized, Some(&signature)))
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    t.assert_nothing_enqueued("re-serialized body").await;
+
+    let accepted = t.send(meta_post("acme", raw, Some(&signature))).await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.body);
+    let events: Vec<InboundEvent> = peek(&t.inbound, Priority::Normal).await;
+    let InboundBody::Message(m) = &events[0].body else {
+        panic!("message")
+    };
+    assert_eq!(m.text.as_deref(), Some("Café / ok"));
+}
+
+#[tokio::test]
+async fn every_bad_input_is_refused_with_nothing_enqueued() {
+    let t = TestApp::with_config(|c| c.body_limit = 4096).await;
+    let good = meta_text_body(&["wamid.B1"]);
+    let sig = fleet_ingest::meta::sign(META_SECRET.as_bytes(), &good);
+    let wrong_sig = fleet_ingest::meta::sign(b"another secret", &good);
+    let big = {
+        let mut v = meta_text_body(&["wamid.BIG"]);
+        v.extend(std::iter::repeat_n(b' ', 5000));
+        v
+    };
+    let not_json = b"{not json".to_vec();
+    let no_id = br#"{"entry":[{"changes":[{"field":"messages","value":{"messages":[{"from":"1","type":"text"}]}}]}]}"#.to_vec();
+    let bad_shape =
+        br#"{"entry":[{"changes":[{"field":"messages","value":{"messages":{"a":1}}}]}]}"#.to_vec();
+
+    let cases: Vec<(&str, Request<Body>, StatusCode)> = vec![
+        (
+            "missing signature",
+            meta_post("acme", &good, None),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "wrong signature",
+            meta_post("acme", &good, Some(&wrong_sig)),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "malformed signature",
+            meta_post("acme", &good, Some("sha256=xyz")),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "signature of another tenant's path",
+            meta_post("nobody", &good, Some(&sig)),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "tenant without meta",
+            signed_meta_post("twonly", &good),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "body over the limit",
+            signed_meta_post("acme", &big),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "malformed JSON",
+            signed_meta_post("acme", &not_json),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "message without id",
+            signed_meta_post("acme", &no_id),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "messages not an array",
+            signed_meta_post("acme", &bad_shape),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (case, request, expected) in cases {
+        let reply = t.send(request).await;
+        assert_eq!(reply.status, expected, "{case}: {}", reply.body);
+        let reason = reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            !reason.is_empty() && reason.len() < 120,
+            "{case}: short reason, got {reason:?}"
+        );
+        assert!(
+            !reason.contains("16505551234") && !reason.contains(META_SECRET),
+            "{case}: no PII or secret"
+        );
+        t.assert_nothing_enqueued(case).await;
+    }
+
+    // A chunked body (no Content-Length) over the limit is refused too.
+    let stream = futures_body(&big);
+    let sig_big = fleet_ingest::meta::sign(META_SECRET.as_bytes(), &big);
+    let chunked = Request::post("/webhooks/meta/acme")
+        .header("x-hub-signature-256", sig_big)
+        .body(stream)
+        .unwrap();
+    assert_eq!(t.send(chunked).await.status, StatusCode::PAYLOAD_TOO_LARGE);
+    t.assert_nothing_enqueued("chunked body over the limit")
+        .await;
+}
+
+/// A body without a known length, as a chunked upload arrives.
+fn futures_body(bytes: &[u8]) -> Body {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(1000).map(|c| Ok(c.to_vec())).collect();
+    Body::from_stream(futures::stream::iter(chunks))
+}
+
+#[tokio::test]
+async fn other_fields_are_answered_without_enqueueing() {
+    let t = TestApp::new().await;
+    let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[
+        {"field":"message_template_status_update","value":{"event":"APPROVED","message_template_id":1}},
+        {"field":"account_update","value":{"event":"VERIFIED_ACCOUNT"}}]}]}"#;
+    let reply = t.send(signed_meta_post("acme", body)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    t.assert_nothing_enqueued("other fields").await;
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_rate_gets_429_with_retry_after() {
+    let t = TestApp::new().await;
+    let first = t
+        .send(signed_meta_post("slow", &meta_text_body(&["wamid.R1"])))
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    let second = t
+        .send(signed_meta_post("slow", &meta_text_body(&["wamid.R2"])))
+        .await;
+    assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        second.retry_after().is_some_and(|s| s >= 1),
+        "{:?}",
+        second.headers
+    );
+    assert_eq!(
+        t.inbound_backlog().await,
+        1,
+        "the throttled request enqueued nothing"
+    );
+    // Another tenant is not affected.
+    assert_eq!(
+        t.send(signed_meta_post("acme", &meta_text_body(&["wamid.R3"])))
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_queue_over_its_high_water_mark_gets_503() {
+    let t = TestApp::with_config(|c| c.queue_high_water = 1).await;
+    let ok = t
+        .send(signed_meta_post(
+            "acme",
+            &meta_text_body(&["wamid.H1", "wamid.H2"]),
+        ))
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    t.state.refresh_backlog().await;
+    let refused = t
+        .send(signed_meta_post("acme", &meta_text_body(&["wamid.H3"])))
+        .await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.retry_after(), Some(5));
+    assert_eq!(t.inbound_backlog().await, 2);
+    // The send API writes to outbound, which is under its mark.
+    let send = t
+        .send(send_api(
+            Some("acme-token"),
+            None,
+            &serde_json::json!({"to": "+14155550100", "text": "hi"}),
+        ))
+        .await;
+    assert_eq!(send.status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_gets_503_and_nothing_is_written() {
+    let prefix = test_prefix();
+    let mut cfg = config(&prefix);
+    cfg.redis_url = "redis://127.0.0.1:1".to_owned();
+    // The binary connects in the background; until it does, every request is refused.
+    assert!(
+        Broker::connect(&cfg.redis_url, &prefix)
+            .await
+            .unwrap_err()
+            .is_unavailable()
+    );
+    let state = AppState::new(cfg, TenantsHandle::new(Tenants::parse(TENANTS).unwrap()));
+    let router = app(state.clone());
+    let body = meta_text_body(&["wamid.D1"]);
+    let reply = tower::ServiceExt::oneshot(router.clone(), signed_meta_post("acme", &body))
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.headers().contains_key("retry-after"));
+    let reply = tower::ServiceExt::oneshot(
+        router.clone(),
+        twilio_post(
+            "acme",
+            &[("MessageSid", "SM1"), ("From", "whatsapp:+1555000111")],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let send = send_api(
+        Some("acme-token"),
+        None,
+        &serde_json::json!({"to": "+14155550100", "text": "hi"}),
+    );
+    assert_eq!(
+        tower::ServiceExt::oneshot(router, send)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(state.ready().await.is_err());
+
+    let real = Broker::connect(REDIS_URL, &prefix).await.unwrap();
+    assert_eq!(
+        real.queue(fleet_core::INBOUND_QUEUE)
+            .backlog()
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        real.queue(fleet_core::OUTBOUND_QUEUE)
+            .backlog()
+            .await
+            .unwrap(),
+        0
+    );
+    cleanup(prefix);
+}
+
+#[tokio::test]
+async fn tenants_reload_takes_effect_on_the_next_request() {
+    let prefix = test_prefix();
+    let path = std::env::temp_dir().join(format!("fleet-ingest-{prefix}.toml"));
+    std::fs::write(&path, TENANTS).unwrap();
+    let handle = TenantsHandle::load(&path).unwrap();
+    let broker = Broker::connect(REDIS_URL, &prefix).await.unwrap();
+    let state = AppState::with_broker(config(&prefix), handle, broker);
+    let router = app(state.clone());
+    let send = |id: &str| signed_meta_post("slow", &meta_text_body(&[id]));
+    assert_eq!(
+        tower::ServiceExt::oneshot(router.clone(), send("wamid.L1"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        tower::ServiceExt::oneshot(router.clone(), send("wamid.L2"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    std::fs::write(
+        &path,
+        TENANTS.replace(
+            "rate_limit_per_second = 1\n",
+            "rate_limit_per_second = 100\n",
+        ),
+    )
+    .unwrap();
+    state.reload_tenants().unwrap();
+    assert_eq!(
+        tower::ServiceExt::oneshot(router.clone(), send("wamid.L3"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+
+    std::fs::write(&path, "this is not toml [").unwrap();
+    assert!(state.reload_tenants().is_err());
+    assert_eq!(
+        tower::ServiceExt::oneshot(router, send("wamid.L4"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK,
+        "old set kept"
+    );
+    std::fs::remove_file(&path).unwrap();
+    cleanup(prefix);
+}
