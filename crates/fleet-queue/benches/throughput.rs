@@ -31,10 +31,27 @@ fn payload(i: usize) -> String {
 /// Runs redis-benchmark's pipelined XADD and returns requests per second, if it is installed.
 fn redis_benchmark_xadd(n: usize, key: &str) -> Option<f64> {
     let url = redis_url();
-    let hostport = url.trim_start_matches("redis://").split('/').next().unwrap_or("127.0.0.1:6379");
+    let hostport = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:6379");
     let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "6379"));
     let out = Command::new("redis-benchmark")
-        .args(["-h", host, "-p", port, "-n", &n.to_string(), "-c", "50", "-P", "64", "-q", "--csv"])
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-n",
+            &n.to_string(),
+            "-c",
+            "50",
+            "-P",
+            "64",
+            "-q",
+            "--csv",
+        ])
         .args(["XADD", key, "*", "p", &payload(0)])
         .output()
         .ok()?;
@@ -47,26 +64,44 @@ fn redis_benchmark_xadd(n: usize, key: &str) -> Option<f64> {
 }
 
 fn report(rows: &mut Vec<(String, usize, Duration)>, name: &str, n: usize, took: Duration) {
-    println!("{name:<40} {n:>9} msgs in {:>8.3} s = {:>10.0} msgs/s", took.as_secs_f64(), n as f64 / took.as_secs_f64());
+    println!(
+        "{name:<40} {n:>9} msgs in {:>8.3} s = {:>10.0} msgs/s",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
     rows.push((name.to_owned(), n, took));
 }
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let n: usize = std::env::var("BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
     let prefix = format!("bench-{}", std::process::id());
-    let broker = Broker::connect(&redis_url(), &prefix).await.expect("redis must be running");
+    let broker = Broker::connect(&redis_url(), &prefix)
+        .await
+        .expect("redis must be running");
     let mut rows = Vec::new();
 
     let baseline_key = format!("{prefix}:{{baseline}}:xadd");
     match redis_benchmark_xadd(n * 5, &baseline_key) {
         Some(rps) => {
-            println!("{:<40} {:>9} msgs            = {rps:>10.0} msgs/s", "redis-benchmark XADD -P 64 -c 50", n * 5);
-            rows.push(("redis-benchmark XADD -P 64 -c 50 (limit)".into(), n * 5, Duration::from_secs_f64(n as f64 * 5.0 / rps)));
+            println!(
+                "{:<40} {:>9} msgs            = {rps:>10.0} msgs/s",
+                "redis-benchmark XADD -P 64 -c 50",
+                n * 5
+            );
+            rows.push((
+                "redis-benchmark XADD -P 64 -c 50 (limit)".into(),
+                n * 5,
+                Duration::from_secs_f64(n as f64 * 5.0 / rps),
+            ));
         }
         None => println!("redis-benchmark not found: baseline skipped"),
     }
-    let _: Result<(), _> = fred::interfaces::KeysInterface::del::<(), _>(&fred_client().await, baseline_key).await;
+    let _: Result<(), _> =
+        fred::interfaces::KeysInterface::del::<(), _>(&fred_client().await, baseline_key).await;
 
     // Batch enqueue.
     let q = broker.queue("batch");
@@ -78,8 +113,14 @@ async fn main() {
         let q = q.clone();
         tasks.push(tokio::spawn(async move {
             for chunk_start in (0..per_task).step_by(500) {
-                let batch: Vec<(String, EnqueueOptions)> = (chunk_start..(chunk_start + 500).min(per_task))
-                    .map(|i| (payload(t * per_task + i), EnqueueOptions::with_priority(Priority::Normal)))
+                let batch: Vec<(String, EnqueueOptions)> = (chunk_start
+                    ..(chunk_start + 500).min(per_task))
+                    .map(|i| {
+                        (
+                            payload(t * per_task + i),
+                            EnqueueOptions::with_priority(Priority::Normal),
+                        )
+                    })
                     .collect();
                 q.enqueue_batch(&batch).await.unwrap();
             }
@@ -88,7 +129,12 @@ async fn main() {
     for t in tasks {
         t.await.unwrap();
     }
-    report(&mut rows, "batch enqueue (500 per batch, 4 in flight)", per_task * in_flight, start.elapsed());
+    report(
+        &mut rows,
+        "batch enqueue (500 per batch, 4 in flight)",
+        per_task * in_flight,
+        start.elapsed(),
+    );
 
     // Consume + ack of what the batch case enqueued.
     let total = per_task * in_flight;
@@ -117,7 +163,12 @@ async fn main() {
     for t in tasks {
         t.await.unwrap();
     }
-    report(&mut rows, "consume + ack (batches of 500, 2 consumers)", total, start.elapsed());
+    report(
+        &mut rows,
+        "consume + ack (batches of 500, 2 consumers)",
+        total,
+        start.elapsed(),
+    );
     q.destroy().await.unwrap();
 
     // Single enqueue at concurrency 64.
@@ -137,7 +188,12 @@ async fn main() {
     for t in tasks {
         t.await.unwrap();
     }
-    report(&mut rows, "single enqueue (64 concurrent tasks)", per_task * 64, start.elapsed());
+    report(
+        &mut rows,
+        "single enqueue (64 concurrent tasks)",
+        per_task * 64,
+        start.elapsed(),
+    );
     q.destroy().await.unwrap();
 
     // Idempotent single enqueue (the ingest path): SET NX + XADD in one script.
@@ -156,18 +212,31 @@ async fn main() {
     for t in tasks {
         t.await.unwrap();
     }
-    report(&mut rows, "idempotent single enqueue (64 tasks)", per_task * 64, start.elapsed());
+    report(
+        &mut rows,
+        "idempotent single enqueue (64 tasks)",
+        per_task * 64,
+        start.elapsed(),
+    );
     q.destroy().await.unwrap();
 
     println!("\n| case | messages | seconds | msgs/s |\n|---|---:|---:|---:|");
     for (name, n, took) in rows {
-        println!("| {name} | {n} | {:.3} | {:.0} |", took.as_secs_f64(), n as f64 / took.as_secs_f64());
+        println!(
+            "| {name} | {n} | {:.3} | {:.0} |",
+            took.as_secs_f64(),
+            n as f64 / took.as_secs_f64()
+        );
     }
 }
 
 async fn fred_client() -> fred::clients::Client {
     use fred::interfaces::ClientLike;
-    let c = fred::types::Builder::from_config(fred::types::config::Config::from_url(&redis_url()).unwrap()).build().unwrap();
+    let c = fred::types::Builder::from_config(
+        fred::types::config::Config::from_url(&redis_url()).unwrap(),
+    )
+    .build()
+    .unwrap();
     c.init().await.unwrap();
     c
 }

@@ -11,8 +11,9 @@
 //! letter, defer); any other error (a caught panic, a timeout, a handler's own error) is a retry
 //! with the job's backoff.
 //!
-//! Always set `.concurrency(n)` on the worker: without it apalis asks the backend for tasks as
-//! fast as it yields them, with no bound on what is in flight.
+//! Set `.concurrency(n)` on the worker to bound its handlers. The backend bounds the tasks in
+//! flight, settlements included, by [`StreamsBackend::in_flight_limit`], because apalis's
+//! concurrency permit is released before the settlement runs.
 
 use std::{
     collections::VecDeque,
@@ -21,7 +22,7 @@ use std::{
         Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
@@ -37,6 +38,7 @@ use apalis_core::{
     worker::context::WorkerContext,
 };
 use futures::{FutureExt, future::BoxFuture};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{Consumer, ConsumerOptions, Delivery, Error, Queue, Result, RetryAfter};
 
@@ -148,8 +150,12 @@ pub struct StreamsBackend<M: Mode> {
     /// in a read: `Consumer::next_batch` takes `&mut self`, so settling needs its own handle.
     settler: Arc<OnceLock<Consumer>>,
     closing: Arc<AtomicBool>,
+    in_flight: usize,
     _mode: PhantomData<M>,
 }
+
+/// Default bound of the tasks a worker holds at once, handlers and settlements together.
+pub const IN_FLIGHT_DEFAULT: usize = 1_024;
 
 impl<M: Mode> std::fmt::Debug for StreamsBackend<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -185,8 +191,19 @@ impl<M: Mode> StreamsBackend<M> {
             buffer: VecDeque::new(),
             settler: Arc::new(OnceLock::new()),
             closing: Arc::new(AtomicBool::new(false)),
+            in_flight: IN_FLIGHT_DEFAULT,
             _mode: PhantomData,
         }
+    }
+
+    /// Bounds the tasks in flight, settlements included (default [`IN_FLIGHT_DEFAULT`]).
+    ///
+    /// apalis's `.concurrency(n)` bounds handlers only: its permit is released when the handler
+    /// returns, before this backend's middleware settles the task, so without this bound a slow
+    /// Redis would let settlements pile up while new tasks start.
+    pub fn in_flight_limit(mut self, limit: usize) -> Self {
+        self.in_flight = limit.max(1);
+        self
     }
 
     fn read(&self, mut consumer: Consumer) -> BoxFuture<'static, ReadResult> {
@@ -335,6 +352,7 @@ impl<M: Mode> BackendConfig for StreamsBackend<M> {
     fn middleware(&mut self, _: &mut WorkerContext) -> SettleLayer<M> {
         SettleLayer {
             settler: self.settler.clone(),
+            permits: Arc::new(Semaphore::new(self.in_flight)),
             _mode: PhantomData,
         }
     }
@@ -344,6 +362,7 @@ impl<M: Mode> BackendConfig for StreamsBackend<M> {
 /// user layer, so it sees caught panics and timeouts as errors.
 pub struct SettleLayer<M> {
     settler: Arc<OnceLock<Consumer>>,
+    permits: Arc<Semaphore>,
     _mode: PhantomData<fn() -> M>,
 }
 
@@ -357,6 +376,7 @@ impl<M> Clone for SettleLayer<M> {
     fn clone(&self) -> Self {
         SettleLayer {
             settler: self.settler.clone(),
+            permits: self.permits.clone(),
             _mode: PhantomData,
         }
     }
@@ -369,6 +389,9 @@ impl<S, M> Layer<S> for SettleLayer<M> {
         SettleService {
             inner,
             settler: self.settler.clone(),
+            permits: self.permits.clone(),
+            acquiring: None,
+            permit: None,
             _mode: PhantomData,
         }
     }
@@ -378,6 +401,10 @@ impl<S, M> Layer<S> for SettleLayer<M> {
 pub struct SettleService<S, M> {
     inner: S,
     settler: Arc<OnceLock<Consumer>>,
+    permits: Arc<Semaphore>,
+    acquiring: Option<BoxFuture<'static, OwnedSemaphorePermit>>,
+    /// Taken by `poll_ready`, held by the task until it is settled.
+    permit: Option<OwnedSemaphorePermit>,
     _mode: PhantomData<fn() -> M>,
 }
 
@@ -400,10 +427,20 @@ where
     type Future = BoxFuture<'static, Result<S::Response, BoxDynError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxDynError>> {
+        if self.permit.is_none() {
+            let permits = self.permits.clone();
+            let acquiring = self.acquiring.get_or_insert_with(|| {
+                // The semaphore is never closed, so acquiring cannot fail.
+                async move { permits.acquire_owned().await.expect("never closed") }.boxed()
+            });
+            self.permit = Some(ready!(acquiring.poll_unpin(cx)));
+            self.acquiring = None;
+        }
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, task: Task<M::Args>) -> Self::Future {
+        let permit = self.permit.take();
         let deliveries = M::deliveries(&task.args);
         let settler = self.settler.clone();
         let handled = self.inner.call(task);
@@ -414,6 +451,7 @@ where
             // A settle that fails (Redis away) leaves the entries pending: the scheduler's
             // reclaim hands them out again after the lease, so nothing is lost.
             settle(consumer, &deliveries, result.as_ref().err()).await?;
+            drop(permit);
             result
         }
         .boxed()

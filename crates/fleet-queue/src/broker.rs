@@ -23,7 +23,7 @@ pub const COMMAND_BUFFER_LIMIT: usize = 100_000;
 #[derive(Debug)]
 pub(crate) struct Scripts {
     pub(crate) enqueue_idempotent: Script,
-    pub(crate) read_batch: Script,
+    pub(crate) enqueue_batch: Script,
     pub(crate) retry: Script,
     pub(crate) dead_letter: Script,
     pub(crate) promote: Script,
@@ -35,7 +35,7 @@ impl Scripts {
     fn new() -> Self {
         Scripts {
             enqueue_idempotent: Script::from_lua(include_str!("../lua/enqueue_idempotent.lua")),
-            read_batch: Script::from_lua(include_str!("../lua/read_batch.lua")),
+            enqueue_batch: Script::from_lua(include_str!("../lua/enqueue_batch.lua")),
             retry: Script::from_lua(include_str!("../lua/retry.lua")),
             dead_letter: Script::from_lua(include_str!("../lua/dead_letter.lua")),
             promote: Script::from_lua(include_str!("../lua/promote.lua")),
@@ -47,7 +47,7 @@ impl Scripts {
     fn all(&self) -> [&Script; 7] {
         [
             &self.enqueue_idempotent,
-            &self.read_batch,
+            &self.enqueue_batch,
             &self.retry,
             &self.dead_letter,
             &self.promote,

@@ -32,7 +32,7 @@ pub struct StoredJob {
 
 impl StoredJob {
     /// The `h` field.
-    fn header(&self) -> String {
+    pub(crate) fn header(&self) -> String {
         format!(
             "1|{}|{}|{}|{}:{}|{}",
             self.job_id,
@@ -65,7 +65,10 @@ impl StoredJob {
     /// Reads a job from a stream entry's field/value pairs; `Err` names what is wrong (poison).
     pub(crate) fn from_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<StoredJob, String> {
         let get = |name: &str| {
-            fields.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.as_slice())
+            fields
+                .iter()
+                .find(|(k, _)| k == name.as_bytes())
+                .map(|(_, v)| v.as_slice())
         };
         if let Some(raw) = get("raw") {
             return Err(format!("unparseable delayed entry of {} bytes", raw.len()));
@@ -80,12 +83,16 @@ impl StoredJob {
             return Err(format!("unknown entry layout version {version:?}"));
         }
         let number = |what: &str, v: &str| -> Result<u64, String> {
-            v.parse::<u64>().map_err(|_| format!("{what} {v:?} is not a number"))
+            v.parse::<u64>()
+                .map_err(|_| format!("{what} {v:?} is not a number"))
         };
-        let (initial, max_ms) = backoff.split_once(':').ok_or("backoff is not initial:max")?;
+        let (initial, max_ms) = backoff
+            .split_once(':')
+            .ok_or("backoff is not initial:max")?;
         Ok(StoredJob {
             job_id: JobId(job_id.to_owned()),
-            attempts: u32::try_from(number("attempts", attempts)?).map_err(|_| "attempts out of range")?,
+            attempts: u32::try_from(number("attempts", attempts)?)
+                .map_err(|_| "attempts out of range")?,
             max_attempts: u32::try_from(number("max attempts", max)?)
                 .map_err(|_| "max attempts out of range")?,
             backoff: Backoff {
@@ -220,9 +227,11 @@ mod tests {
     fn missing_or_bad_fields_are_poison() {
         let err = StoredJob::from_fields(&[(b"x".to_vec(), b"1".to_vec())]).unwrap_err();
         assert!(err.contains("missing field"), "{err}");
-        let err = StoredJob::from_fields(&[(b"h".to_vec(), b"9|j|0|1|1:1|0".to_vec())]).unwrap_err();
+        let err =
+            StoredJob::from_fields(&[(b"h".to_vec(), b"9|j|0|1|1:1|0".to_vec())]).unwrap_err();
         assert!(err.contains("version"), "{err}");
-        let err = StoredJob::from_fields(&[(b"h".to_vec(), b"1|j|zero|1|1:1|0".to_vec())]).unwrap_err();
+        let err =
+            StoredJob::from_fields(&[(b"h".to_vec(), b"1|j|zero|1|1:1|0".to_vec())]).unwrap_err();
         assert!(err.contains("not a number"), "{err}");
     }
 

@@ -114,6 +114,12 @@ impl LeaderLock {
         self.ttl
     }
 
+    /// The keys this lock uses: the lock itself and the fencing counter (for inspection, and for
+    /// tests' cleanup; deleting the counter in production would reset the fencing order).
+    pub fn keys(&self) -> [&str; 2] {
+        [&self.key, &self.fence_key]
+    }
+
     async fn eval(&self, script: &Script, keys: Vec<String>, args: Vec<Value>) -> Result<Value> {
         Ok(script
             .evalsha_with_reload::<Value, _, _>(&self.client, keys, args)

@@ -22,4 +22,4 @@ pub use entry::StoredJob;
 pub use error::{Error, Result};
 pub use inspect::{ConsumerInfo, GroupStats, PeekedJob, PriorityStats, QueueStats};
 pub use maintenance::{Reclaimed, Retention};
-pub use queue::{Enqueued, Queue, now_ms};
+pub use queue::{BATCH_LIMIT, Enqueued, Queue, now_ms};

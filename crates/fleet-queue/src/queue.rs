@@ -47,6 +47,10 @@ fn xadd() -> CustomCommand {
     cmd!("XADD")
 }
 
+/// Most jobs one batch script call appends; larger batches are split, so that one call never
+/// holds Redis for long (500 appends take well under a millisecond).
+pub const BATCH_LIMIT: usize = 1_000;
+
 /// A job ready to be written: its stored form and where it goes.
 struct Prepared {
     job: StoredJob,
@@ -201,80 +205,81 @@ impl Queue {
         Ok(e)
     }
 
-    /// Enqueues a batch of jobs in one round trip (one pipeline). Each job's idempotency key is
-    /// checked atomically with its own append. On error, some jobs of the batch may have been
-    /// appended; retrying the batch with idempotency keys appends none twice.
+    /// Enqueues a batch of jobs atomically, in one round trip and one script call. Each job's
+    /// idempotency key is checked atomically with its append (a key repeated inside the batch
+    /// appends once). Batches above [`BATCH_LIMIT`] are sent in several calls.
     pub async fn enqueue_batch<T: Serialize>(
         &self,
         jobs: &[(T, EnqueueOptions)],
     ) -> Result<Vec<Enqueued>> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
         let now = now_ms();
-        let prepared = jobs
-            .iter()
-            .map(|(t, o)| Self::prepare(t, o, now))
-            .collect::<Result<Vec<_>>>()?;
-        let replies = self.run_pipeline(&prepared).await?;
-        let mut out = Vec::with_capacity(prepared.len());
-        for (p, reply) in prepared.iter().zip(&replies) {
-            let e = Self::outcome(p, reply)?;
-            self.record_metrics(p, &e);
-            out.push(e);
-        }
-        Ok(out)
-    }
-
-    async fn run_pipeline(&self, prepared: &[Prepared]) -> Result<Vec<Value>> {
-        let sha = self.broker.scripts.enqueue_idempotent.sha1().clone();
-        let mut replies: Vec<Option<Value>> = vec![None; prepared.len()];
-        // At most two passes: the second only re-runs scripts Redis had forgotten (NOSCRIPT).
-        for pass in 0..2 {
-            // A new pipeline per batch: fred's `Pipeline::all` never clears its buffer.
-            let pipeline = self.broker.client().pipeline();
-            let mut sent = Vec::new();
-            for (i, p) in prepared.iter().enumerate() {
-                if replies[i].is_some() {
-                    continue;
-                }
-                match self.command(p) {
-                    (None, cmd, args) => pipeline.custom::<(), _>(cmd, args).await?,
-                    (Some(keys), _, args) => {
-                        // Pipelines have no EVALSHA method: send it as a custom command, hashed
-                        // on its first key (argument 2) so it reaches the right cluster node.
-                        let mut full: Vec<Value> =
-                            vec![sha.clone().into(), (keys.len() as i64).into()];
-                        full.extend(keys.into_iter().map(Value::from));
-                        full.extend(args);
-                        pipeline
-                            .custom::<(), _>(
-                                cmd!("EVALSHA", hash: fred::types::ClusterHash::Offset(2)),
-                                full,
-                            )
-                            .await?
+        let mut out = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(BATCH_LIMIT) {
+            let prepared = chunk
+                .iter()
+                .map(|(t, o)| Self::prepare(t, o, now))
+                .collect::<Result<Vec<_>>>()?;
+            let mut keys: Vec<String> = self.keys.streams().to_vec();
+            keys.push(self.keys.delayed());
+            let mut args: Vec<Value> = Vec::with_capacity(1 + prepared.len() * 7);
+            args.push((prepared.len() as i64).into());
+            for p in &prepared {
+                let key_at = match &p.idempotency {
+                    Some((key, _)) => {
+                        keys.push(self.keys.idempotency(key));
+                        keys.len() as i64
+                    }
+                    None => 0,
+                };
+                let ttl = p
+                    .idempotency
+                    .as_ref()
+                    .map_or(0, |(_, ttl)| ttl.as_millis().max(1) as i64);
+                args.extend([
+                    (p.priority.index() as i64 + 1).into(),
+                    (p.due_ms.unwrap_or(0) as i64).into(),
+                    key_at.into(),
+                    ttl.into(),
+                    p.job.job_id.as_str().into(),
+                    p.job.header().into(),
+                    Value::Bytes(p.job.payload.clone().into()),
+                ]);
+            }
+            let reply = self
+                .broker
+                .eval(&self.broker.scripts.enqueue_batch, keys, args)
+                .await?;
+            let mut first_ids: std::collections::HashMap<usize, String> = Default::default();
+            match reply {
+                Value::Array(flat) => {
+                    for pair in flat.chunks(2) {
+                        let (Some(pos), Some(id)) =
+                            (pair[0].as_i64(), pair.get(1).and_then(text_of))
+                        else {
+                            return Err(Error::protocol("enqueue_batch duplicate entry"));
+                        };
+                        first_ids.insert(pos as usize - 1, id);
                     }
                 }
-                sent.push(i);
+                Value::Null => {}
+                other => return Err(Error::protocol(format!("enqueue_batch reply {other:?}"))),
             }
-            let results = pipeline.try_all::<Value>().await;
-            let mut noscript = false;
-            for (i, r) in sent.into_iter().zip(results) {
-                match r {
-                    Ok(v) => replies[i] = Some(v),
-                    Err(e) if e.details().starts_with("NOSCRIPT") && pass == 0 => noscript = true,
-                    Err(e) => return Err(e.into()),
-                }
+            for (i, p) in prepared.into_iter().enumerate() {
+                let e = match first_ids.remove(&i) {
+                    Some(first) => Enqueued {
+                        job_id: JobId(first),
+                        duplicate: true,
+                    },
+                    None => Enqueued {
+                        job_id: p.job.job_id.clone(),
+                        duplicate: false,
+                    },
+                };
+                self.record_metrics(&p, &e);
+                out.push(e);
             }
-            if !noscript {
-                break;
-            }
-            self.broker.load_scripts().await?;
         }
-        replies
-            .into_iter()
-            .map(|r| r.ok_or_else(|| Error::protocol("pipeline reply missing")))
-            .collect()
+        Ok(out)
     }
 
     /// Entries waiting to be delivered, all priorities together (the consumer group's lag, or the

@@ -309,3 +309,40 @@ async fn shutdown_acks_what_finished_and_gives_back_what_never_started() {
     all.sort_unstable();
     assert_eq!(all, (0..10).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn the_in_flight_limit_bounds_tasks_below_the_concurrency_limit() {
+    let t = TestQueue::new().await;
+    fill(&t, 50, EnqueueOptions::default()).await;
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let seen = Seen::default();
+    let (r, m) = (running.clone(), most.clone());
+    let handle = move |d: Delivery, seen: Data<Seen>, w: WorkerContext| {
+        let (running, most) = (r.clone(), m.clone());
+        async move {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            // Yield a few times, so that other tasks would run now if they were allowed to.
+            for _ in 0..5 {
+                tokio::task::yield_now().await;
+            }
+            running.fetch_sub(1, Ordering::SeqCst);
+            if seen.record(d.decode().unwrap()) == 50 {
+                w.stop().unwrap();
+            }
+            Ok::<_, JobError>(())
+        }
+    };
+    WorkerBuilder::new("bounded")
+        .backend(StreamsBackend::single(t.queue.clone(), options(50)).in_flight_limit(2))
+        .data(seen.clone())
+        .concurrency(10)
+        .build(handle)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(seen.count.load(Ordering::SeqCst), 50);
+    assert!(most.load(Ordering::SeqCst) <= 2, "{most:?}");
+    assert_eq!(t.queue.stats().await.unwrap().pending(), 0);
+}

@@ -3,8 +3,8 @@
 
 mod support;
 
+#[cfg(feature = "apalis")]
+mod apalis;
 mod consume;
 mod enqueue;
 mod maintenance;
-#[cfg(feature = "apalis")]
-mod apalis;
