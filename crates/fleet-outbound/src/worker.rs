@@ -67,10 +67,13 @@ struct Recorded {
     record: OutboundRecord,
 }
 
+/// One sender's local limiter and the rate it was built for (rebuilt when a reload changes it).
+type LocalEntry = (f64, u32, Arc<DefaultDirectRateLimiter>);
+
 /// Per-sender `governor` limiters: each process spaces its own admissions before asking Redis.
 #[derive(Default)]
 struct LocalLimiters {
-    by_scope: Mutex<HashMap<String, (f64, u32, Arc<DefaultDirectRateLimiter>)>>,
+    by_scope: Mutex<HashMap<String, LocalEntry>>,
 }
 
 impl LocalLimiters {

@@ -1,0 +1,7 @@
+//! Integration tests of the outbound worker against the provider simulator, the real Redis and a
+//! fresh Postgres database per test (`REDIS_URL`, and the Postgres the store's `TestDb` uses).
+
+mod support;
+
+mod limits;
+mod sends;

@@ -1,0 +1,252 @@
+//! One reply through the worker per test: success, provider 429, 5xx, permanent error, bad
+//! credentials, and a redelivered job that was already sent.
+
+use fleet_core::Provider;
+use fleet_mock_provider::{Fault, MockConfig};
+use fleet_queue::now_ms;
+use fleet_store::{OutboundRecord, OutboundState};
+
+use crate::support::{TestEnv, eventually};
+
+async fn sent_id(env: &TestEnv, job: &fleet_core::JobId) -> Option<String> {
+    env.db.store().outbound_sent(job.as_str()).await.unwrap()
+}
+
+async fn settled(env: &TestEnv) -> bool {
+    let s = env.queue.stats().await.unwrap();
+    s.priorities
+        .iter()
+        .all(|p| p.pending == 0 && p.waiting == 0)
+}
+
+#[tokio::test]
+async fn sends_through_meta_and_twilio_and_records_the_ids() {
+    let mut env = TestEnv::new(MockConfig::default()).await;
+    env.start(env.config());
+    let meta = env
+        .enqueue("acme", Provider::Meta, "15550000001", "hello")
+        .await;
+    let twilio = env
+        .enqueue("acme", Provider::Twilio, "15550000002", "hello")
+        .await;
+
+    eventually("both sends recorded", || async {
+        sent_id(&env, &meta).await.is_some() && sent_id(&env, &twilio).await.is_some()
+    })
+    .await;
+    assert!(sent_id(&env, &meta).await.unwrap().starts_with("wamid."));
+    assert!(sent_id(&env, &twilio).await.unwrap().starts_with("SM"));
+    eventually("both jobs acknowledged", || settled(&env)).await;
+    let stats = env.mock.provider.stats();
+    assert_eq!(stats.deliveries, 2);
+    assert_eq!(stats.duplicates, 0);
+    assert_eq!(stats.senders["1001"].deliveries, 1);
+    assert_eq!(stats.senders["whatsapp:+14155238886"].deliveries, 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_waits_exactly_the_retry_after_then_succeeds() {
+    let mut env = TestEnv::new(MockConfig::default()).await;
+    env.mock.provider.push_faults([Fault::RateLimited {
+        retry_after_secs: Some(30),
+    }]);
+    env.start(env.config());
+    let before = now_ms();
+    let job = env
+        .enqueue("acme", Provider::Meta, "15550000003", "hi")
+        .await;
+
+    eventually("the job waits in the delayed set", || async {
+        env.queue.stats().await.unwrap().delayed == 1
+    })
+    .await;
+    assert_eq!(env.mock.provider.stats().rejected.rate_limited, 1);
+    // Not due before the 30 s the provider asked for...
+    assert_eq!(env.queue.promote_due(before + 29_000, 10).await.unwrap(), 0);
+    // ...and due after them (driving the delayed set by hand instead of sleeping).
+    assert_eq!(
+        env.queue.promote_due(now_ms() + 30_500, 10).await.unwrap(),
+        1
+    );
+
+    eventually("the retry is sent", || async {
+        sent_id(&env, &job).await.is_some()
+    })
+    .await;
+    eventually("the job is acknowledged", || settled(&env)).await;
+    assert_eq!(env.mock.provider.stats().deliveries, 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_5xx_backs_off_then_succeeds() {
+    let mut env = TestEnv::new(MockConfig::default()).await;
+    env.mock
+        .provider
+        .push_faults([Fault::ServerError, Fault::ServerError]);
+    env.start(env.config());
+    let job = env
+        .enqueue("acme", Provider::Twilio, "15550000004", "hi")
+        .await;
+
+    for round in 1..=2u64 {
+        eventually("the job waits for its backoff", || async {
+            env.queue.stats().await.unwrap().delayed == 1
+        })
+        .await;
+        // Full jitter: the n-th retry waits at most 2^(n-1) s with the default policy.
+        assert_eq!(
+            env.queue
+                .promote_due(now_ms() + 1_000 * (1 << (round - 1)) + 100, 10)
+                .await
+                .unwrap(),
+            1
+        );
+    }
+    eventually("the third attempt is sent", || async {
+        sent_id(&env, &job).await.is_some()
+    })
+    .await;
+    let stats = env.mock.provider.stats();
+    assert_eq!(stats.rejected.server_error, 2);
+    assert_eq!(stats.deliveries, 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_error_goes_to_the_dead_letters_with_its_reason() {
+    let mut env = TestEnv::new(MockConfig::default()).await;
+    env.mock.provider.push_faults([Fault::Permanent]);
+    env.start(env.config());
+    let job = env
+        .enqueue("acme", Provider::Meta, "15550000005", "hi")
+        .await;
+
+    eventually("the job is dead", || async {
+        env.queue.stats().await.unwrap().dead == 1
+    })
+    .await;
+    let dead = env.queue.dead_list(10, None).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "permanent");
+    assert!(dead[0].error.contains("131047"), "{}", dead[0].error);
+    assert_eq!(dead[0].job_id.as_deref(), Some(job.as_str()));
+    assert_eq!(env.queue.stats().await.unwrap().delayed, 0, "never retried");
+    assert_eq!(env.mock.provider.stats().requests, 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn refused_credentials_dead_letter_with_reason_auth_and_no_token_in_the_error() {
+    let mut env = TestEnv::new(MockConfig::default()).await;
+    env.start(env.config());
+    env.enqueue("badauth", Provider::Meta, "15550000006", "hi")
+        .await;
+    env.enqueue("nobody", Provider::Meta, "15550000006", "hi")
+        .await;
+
+    eventually("both jobs are dead", || async {
+        env.queue.stats().await.unwrap().dead == 2
+    })
+    .await;
+    let dead = env.queue.dead_list(10, None).await.unwrap();
+    let auth = dead
+        .iter()
+        .find(|d| d.reason == "auth")
+        .expect("an auth dead letter");
+    assert!(auth.error.contains("190"), "{}", auth.error);
+    assert!(!auth.error.contains("meta-token-wrong"));
+    assert!(dead.iter().any(|d| d.reason == "unknown_tenant"));
+    assert_eq!(env.mock.provider.stats().rejected.auth, 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_redelivered_job_that_was_already_sent_is_not_sent_again() {
+    let mut env = TestEnv::new(MockConfig::default()).await;
+    // The crash this guards against: the send succeeded and was recorded, the process died before
+    // the acknowledgement, and the entry is handed out again.
+    let job = env
+        .enqueue("acme", Provider::Meta, "15550000007", "once")
+        .await;
+    env.db
+        .store()
+        .record_outbound_results(&[OutboundRecord {
+            job_id: job.to_string(),
+            tenant: "acme".into(),
+            provider: Provider::Meta,
+            recipient: "15550000007".into(),
+            kind: "text".into(),
+            body: Some("once".into()),
+            origin: "api".into(),
+            state: OutboundState::Sent,
+            attempts: 1,
+            last_error: None,
+            provider_message_id: Some("wamid.EARLIER".into()),
+        }])
+        .await
+        .unwrap();
+    let fresh = env
+        .enqueue("acme", Provider::Meta, "15550000008", "new")
+        .await;
+    env.start(env.config());
+
+    eventually("the fresh job is sent", || async {
+        sent_id(&env, &fresh).await.is_some()
+    })
+    .await;
+    eventually("both jobs are acknowledged", || settled(&env)).await;
+    let stats = env.mock.provider.stats();
+    assert_eq!(
+        stats.deliveries, 1,
+        "only the fresh job reached the provider"
+    );
+    assert_eq!(sent_id(&env, &job).await.as_deref(), Some("wamid.EARLIER"));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_message_to_the_same_recipient_waits_for_the_pair_rate() {
+    let mut env = TestEnv::new(MockConfig {
+        recipient_interval_ms: Some(20_000),
+        ..MockConfig::default()
+    })
+    .await;
+    let config = fleet_outbound::OutboundConfig {
+        recipient_interval_ms: 20_000,
+        ..env.config()
+    };
+    let first = env
+        .enqueue("acme", Provider::Meta, "15550000009", "one")
+        .await;
+    env.start(config);
+    eventually("the first is sent", || async {
+        sent_id(&env, &first).await.is_some()
+    })
+    .await;
+    let start = now_ms();
+    env.enqueue("acme", Provider::Meta, "15550000009", "two")
+        .await;
+    eventually("the second is deferred", || async {
+        env.queue.stats().await.unwrap().delayed == 1
+    })
+    .await;
+    // Deferred to its reserved slot 20 s after the first send, not failed and not spun on.
+    assert_eq!(env.queue.promote_due(start + 19_000, 10).await.unwrap(), 0);
+    // Handed out early (the limiter's clock is Redis's, still at "now"): deferred again for the rest.
+    assert_eq!(
+        env.queue.promote_due(now_ms() + 21_000, 10).await.unwrap(),
+        1
+    );
+    eventually("the early return is deferred again", || async {
+        let s = env.queue.stats().await.unwrap();
+        s.delayed == 1 && s.priorities.iter().all(|p| p.pending == 0)
+    })
+    .await;
+    let stats = env.mock.provider.stats();
+    assert_eq!(stats.deliveries, 1);
+    assert_eq!(stats.requests, 1);
+    assert_eq!(stats.recipient_violations, 0);
+    env.stop().await;
+}
