@@ -27,11 +27,20 @@ pub const MAX_REASONS: usize = 1000;
 /// The bucket of reasons past [`MAX_REASONS`].
 pub const OTHER_REASONS: &str = "(other reasons)";
 
+/// How many selected dead entries died of one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReasonCount {
+    /// The reason.
+    pub reason: String,
+    /// How many.
+    pub count: u64,
+}
+
 /// How many dead entries died of what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReasonSummary {
-    /// `(reason, count)`, most frequent first.
-    pub counts: Vec<(String, u64)>,
+    /// Counts, most frequent first.
+    pub counts: Vec<ReasonCount>,
     /// Entries walked.
     pub scanned: u64,
     /// True when the walk stopped at the cap before the end of the stream.
@@ -54,10 +63,14 @@ impl Tally {
         }
     }
 
-    /// `(reason, count)`, most frequent first, then by name.
-    pub fn sorted(self) -> Vec<(String, u64)> {
-        let mut v: Vec<_> = self.0.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    /// Counts, most frequent first, then by name.
+    pub fn sorted(self) -> Vec<ReasonCount> {
+        let mut v: Vec<ReasonCount> = self
+            .0
+            .into_iter()
+            .map(|(reason, count)| ReasonCount { reason, count })
+            .collect();
+        v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)));
         v
     }
 }
@@ -179,11 +192,11 @@ pub fn render_listing(l: &DeadListing, now_ms: u64, color: bool) -> String {
             ("COUNT", Align::Right),
             ("SHARE", Align::Right),
         ]);
-        for (reason, n) in &s.counts {
-            let share = *n as f64 * 100.0 / s.scanned.max(1) as f64;
+        for rc in &s.counts {
+            let share = rc.count as f64 * 100.0 / s.scanned.max(1) as f64;
             t.row(vec![
-                truncate(reason, 40).into(),
-                count(*n).into(),
+                truncate(&rc.reason, 40).into(),
+                count(rc.count).into(),
                 format!("{share:.1}%").into(),
             ]);
         }
@@ -337,7 +350,7 @@ pub struct ReplayReport {
     /// Ids asked for that are not in the dead-letter stream.
     pub not_found: Vec<String>,
     /// Selected entries by reason, most frequent first.
-    pub by_reason: Vec<(String, u64)>,
+    pub by_reason: Vec<ReasonCount>,
 }
 
 /// The replay report as text.
@@ -363,8 +376,11 @@ pub fn render_replay(r: &ReplayReport, color: bool) -> String {
     }
     if !r.by_reason.is_empty() {
         let mut t = Table::new(&[("REASON", Align::Left), ("COUNT", Align::Right)]);
-        for (reason, n) in &r.by_reason {
-            t.row(vec![truncate(reason, 40).into(), count(*n).into()]);
+        for rc in &r.by_reason {
+            t.row(vec![
+                truncate(&rc.reason, 40).into(),
+                count(rc.count).into(),
+            ]);
         }
         out.push_str(&t.render(color));
     }
@@ -558,17 +574,18 @@ mod tests {
         for r in ["b", "a", "b", "c", "b", "a"] {
             t.add(r);
         }
-        assert_eq!(
-            t.sorted(),
-            vec![("b".into(), 3), ("a".into(), 2), ("c".into(), 1)]
-        );
+        let rc = |reason: &str, count| ReasonCount {
+            reason: reason.into(),
+            count,
+        };
+        assert_eq!(t.sorted(), vec![rc("b", 3), rc("a", 2), rc("c", 1)]);
         let mut t = Tally::default();
         for i in 0..MAX_REASONS + 5 {
             t.add(&format!("r{i}"));
         }
         let s = t.sorted();
         assert_eq!(s.len(), MAX_REASONS + 1);
-        assert_eq!(s[0], (OTHER_REASONS.to_owned(), 5));
+        assert_eq!((s[0].reason.as_str(), s[0].count), (OTHER_REASONS, 5));
     }
 
     #[test]
@@ -579,7 +596,16 @@ mod tests {
             entries: vec![],
             next_before: None,
             reasons: Some(ReasonSummary {
-                counts: vec![("max_attempts".into(), 2), ("decode".into(), 1)],
+                counts: vec![
+                    ReasonCount {
+                        reason: "max_attempts".into(),
+                        count: 2,
+                    },
+                    ReasonCount {
+                        reason: "decode".into(),
+                        count: 1,
+                    },
+                ],
                 scanned: 3,
                 capped: true,
             }),
