@@ -10,19 +10,19 @@ fn clap_definition_is_valid() {
     Cli::command().debug_assert();
 }
 
-fn paths(cmd: &clap::Command, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
-    out.push(prefix.clone());
+fn paths(cmd: &clap::Command, prefix: &[String], out: &mut Vec<Vec<String>>) {
+    out.push(prefix.to_vec());
     for sub in cmd.get_subcommands() {
-        let mut p = prefix.clone();
+        let mut p = prefix.to_vec();
         p.push(sub.get_name().to_owned());
-        paths(sub, p, out);
+        paths(sub, &p, out);
     }
 }
 
 #[test]
 fn every_command_has_help_with_examples() {
     let mut all = Vec::new();
-    paths(&Cli::command(), Vec::new(), &mut all);
+    paths(&Cli::command(), &[], &mut all);
     assert!(all.len() > 15, "{all:?}");
     for path in all {
         if path.last().is_some_and(|p| p == "help") {
