@@ -82,12 +82,24 @@ fn env_nonempty(env: &dyn Env, name: &str) -> Option<String> {
 /// Use [`CommonConfig`], not these raw fields.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct CommonArgs {
-    /// Redis URL, single node or cluster [default: redis://127.0.0.1:6379].
-    #[arg(long, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
+    /// Redis URL, single node or cluster (default `redis://127.0.0.1:6379`).
+    #[arg(
+        help = "Redis URL, single node or cluster [default: redis://127.0.0.1:6379].",
+        long,
+        env = "REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub redis_url: Option<String>,
 
-    /// Postgres URL [default: postgres://postgres@127.0.0.1:5432/fleet].
-    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    /// Postgres URL (default `postgres://postgres@127.0.0.1:5432/fleet`).
+    #[arg(
+        help = "Postgres URL [default: postgres://postgres@127.0.0.1:5432/fleet].",
+        long,
+        env = "DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 
     /// Prefix of every Redis key; two prefixes share nothing [default: fleet].
@@ -123,12 +135,22 @@ pub struct CommonArgs {
     #[arg(long, env = "FLEET_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
 
-    /// Meta Graph API base URL [default: https://graph.facebook.com/v23.0].
-    #[arg(long, env = "FLEET_META_API_BASE", value_name = "URL")]
+    /// Meta Graph API base URL (default `https://graph.facebook.com/v23.0`).
+    #[arg(
+        help = "Meta Graph API base URL [default: https://graph.facebook.com/v23.0].",
+        long,
+        env = "FLEET_META_API_BASE",
+        value_name = "URL"
+    )]
     pub meta_api_base: Option<String>,
 
-    /// Twilio API base URL [default: https://api.twilio.com].
-    #[arg(long, env = "FLEET_TWILIO_API_BASE", value_name = "URL")]
+    /// Twilio API base URL (default `https://api.twilio.com`).
+    #[arg(
+        help = "Twilio API base URL [default: https://api.twilio.com].",
+        long,
+        env = "FLEET_TWILIO_API_BASE",
+        value_name = "URL"
+    )]
     pub twilio_api_base: Option<String>,
 
     /// Ingest listen address [default: 0.0.0.0:8080].
