@@ -191,7 +191,10 @@ mod tests {
         let mut c = SchedulerConfig::default();
         c.stalled.lease = Duration::from_secs(10);
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("inbound") && e.contains("10s") && !e.contains('\n'), "{e}");
+        assert!(
+            e.contains("inbound") && e.contains("10s") && !e.contains('\n'),
+            "{e}"
+        );
         c.stalled.lease = Duration::from_secs(11);
         c.validate().unwrap();
         c.stalled
@@ -240,7 +243,10 @@ mod tests {
         assert_eq!(c.stalled.lease_for("inbound"), Duration::from_secs(60));
         assert_eq!(c.retention.acked_max_age, None);
         assert_eq!(c.retention.acked_max_count, Some(0));
-        assert_eq!(c.retention.dead_max_age, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(
+            c.retention.dead_max_age,
+            Some(Duration::from_secs(7 * 86_400))
+        );
         assert_eq!(c.retention.dead_max_count, None);
         assert_eq!(c.consumers.idle, Duration::from_secs(7_200));
         assert_eq!(c.queues, ["inbound", "outbound"]);

@@ -24,7 +24,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        other => return Err(format!("`{other}` is not a duration unit (ms, s, m, h or d)")),
+        other => {
+            return Err(format!(
+                "`{other}` is not a duration unit (ms, s, m, h or d)"
+            ));
+        }
     };
     n.checked_mul(ms_per)
         .map(Duration::from_millis)
@@ -34,8 +38,13 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 /// Formats a duration in the largest unit that divides it, the way [`parse`] reads it.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
-    for (unit, per) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms >= per && ms % per == 0 {
+    for (unit, per) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= per && ms.is_multiple_of(per) {
             return format!("{}{unit}", ms / per);
         }
     }

@@ -141,7 +141,10 @@ impl Health {
 fn record(h: &QueueHealth) {
     let queue = h.queue.clone();
     for p in &h.priorities {
-        let labels = [("queue", queue.clone()), ("priority", p.priority.as_str().to_owned())];
+        let labels = [
+            ("queue", queue.clone()),
+            ("priority", p.priority.as_str().to_owned()),
+        ];
         metrics::gauge!("fleet_queue_length", &labels).set(p.waiting as f64);
         metrics::gauge!("fleet_queue_pending", &labels).set(p.pending as f64);
         metrics::gauge!("fleet_queue_lag", &labels).set(p.lag as f64);

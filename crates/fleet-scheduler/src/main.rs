@@ -123,12 +123,7 @@ async fn serve(common: CommonConfig, config: SchedulerConfig) -> ExitCode {
     };
     let _ = connected.set(broker.clone());
 
-    let mut work = tokio::spawn(fleet_scheduler::run(
-        config,
-        broker,
-        lock,
-        shutdown.clone(),
-    ));
+    let mut work = tokio::spawn(fleet_scheduler::run(config, broker, lock, shutdown.clone()));
     let result = tokio::select! {
         joined = &mut work => Some(joined),
         () = shutdown.cancelled() => fleet_runtime::drain_with_timeout(&mut work, DRAIN_LIMIT).await.ok(),

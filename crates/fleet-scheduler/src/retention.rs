@@ -127,9 +127,7 @@ impl Retention {
             let mut capped = false;
             let mut trimmed = 0u64;
             if let Some(b) = acked {
-                let (n, cap) = self
-                    .batches(|| q.trim(b, c.batch_size, now_ms))
-                    .await?;
+                let (n, cap) = self.batches(|| q.trim(b, c.batch_size, now_ms)).await?;
                 trimmed = n;
                 capped |= cap;
             }

@@ -203,7 +203,10 @@ impl Scheduler {
                 // Not known to be lost: give it up, so another replica need not wait for the TTL
                 // (a failed release is harmless, the lock then expires by itself).
                 let _ = tokio::time::timeout(every, self.lock.release()).await;
-                tracing::warn!(fencing_token, "stepped down: tasks stopped, campaigning again");
+                tracing::warn!(
+                    fencing_token,
+                    "stepped down: tasks stopped, campaigning again"
+                );
             }
         }
         end

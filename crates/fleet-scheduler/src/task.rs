@@ -86,7 +86,10 @@ mod tests {
         let base = Duration::from_secs(10);
         for _ in 0..1_000 {
             let j = jittered(base);
-            assert!(j >= Duration::from_secs(9) && j <= Duration::from_secs(11), "{j:?}");
+            assert!(
+                j >= Duration::from_secs(9) && j <= Duration::from_secs(11),
+                "{j:?}"
+            );
             assert!(stagger(base) < base);
         }
     }
