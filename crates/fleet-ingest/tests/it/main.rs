@@ -4,5 +4,6 @@
 mod binary;
 mod helpers;
 mod meta;
+mod outage;
 mod send_api;
 mod twilio;
