@@ -14,14 +14,14 @@ use fleet_mock_provider::{FaultRates, Latency, MockConfig, MockProvider, SHUTDOW
 /// `POST /reset`, `GET|PUT /config` (JSON), `POST /faults` (a JSON list of scripted answers,
 /// e.g. `[{"kind":"rate_limited","retry_after_secs":2},{"kind":"ok"}]`), `GET /healthz`.
 ///
-/// Example: point Fleet at it with `FLEET_META_API_BASE=http://127.0.0.1:9090/v23.0` and
-/// `FLEET_TWILIO_API_BASE=http://127.0.0.1:9090`, then
+/// Example: point Fleet at it with `FLEET_META_API_BASE=http://127.0.0.1:9099/v23.0` and
+/// `FLEET_TWILIO_API_BASE=http://127.0.0.1:9099`, then
 /// `fleet-mock-provider --latency normal:20,5 --rate-limited 0.01 --sender-rate 80`.
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
     /// Address to listen on.
-    #[arg(long, env = "MOCK_PROVIDER_ADDR", default_value = "127.0.0.1:9090")]
+    #[arg(long, env = "MOCK_PROVIDER_ADDR", default_value = "127.0.0.1:9099")]
     addr: SocketAddr,
     /// Answer latency: `fixed:MS`, `uniform:MIN-MAX` or `normal:MEAN,STDDEV` (milliseconds).
     #[arg(long, default_value = "fixed:20")]
