@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 /// Default largest request body: 4 MiB, above Meta's ~3 MB webhook maximum.
 pub const BODY_LIMIT_DEFAULT: usize = 4 * 1024 * 1024;
+/// Default budget of request body bytes held in memory at once, across all requests.
+pub const BODY_BYTES_IN_FLIGHT_DEFAULT: usize = 64 * 1024 * 1024;
 /// Default interval of the queue backlog check that drives the high-water 503.
 pub const BACKLOG_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
 /// Default `Retry-After` of a 503 (Redis unavailable or a queue over its high-water mark).
@@ -19,6 +21,9 @@ pub const RETRY_AFTER_UNAVAILABLE_DEFAULT: Duration = Duration::from_secs(5);
 pub struct IngestSection {
     /// Largest request body in bytes (default 4 MiB).
     pub body_limit_bytes: Option<usize>,
+    /// Request body bytes held in memory at once, all requests together (default 64 MiB);
+    /// at least `body_limit_bytes`.
+    pub body_bytes_in_flight: Option<usize>,
     /// Backlog check interval in milliseconds (default 100).
     pub backlog_interval_ms: Option<u64>,
     /// `Retry-After` of a 503, in seconds (default 5).
@@ -30,6 +35,9 @@ pub struct IngestSection {
 pub struct IngestConfig {
     /// Largest accepted request body; larger ones get 413.
     pub body_limit: usize,
+    /// Body bytes all in-flight requests may hold together; past it new requests get 503, so a
+    /// flood of large bodies cannot exhaust memory.
+    pub body_bytes_in_flight: usize,
     /// Waiting entries of one queue above which webhooks and the send API answer 503.
     pub queue_high_water: u64,
     /// How often the backlog of each queue is read (the answer is cached in between).
@@ -49,6 +57,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             body_limit: BODY_LIMIT_DEFAULT,
+            body_bytes_in_flight: BODY_BYTES_IN_FLIGHT_DEFAULT,
             queue_high_water: fleet_runtime::config::DEFAULT_QUEUE_HIGH_WATER,
             backlog_interval: BACKLOG_INTERVAL_DEFAULT,
             retry_after_unavailable: RETRY_AFTER_UNAVAILABLE_DEFAULT,
@@ -75,6 +84,15 @@ impl IngestConfig {
                 "must be between 1024 and 67108864",
             ));
         }
+        let body_bytes_in_flight = section
+            .body_bytes_in_flight
+            .unwrap_or(BODY_BYTES_IN_FLIGHT_DEFAULT.max(body_limit));
+        if body_bytes_in_flight < body_limit || body_bytes_in_flight > u32::MAX as usize {
+            return Err(invalid(
+                "body_bytes_in_flight",
+                "must be at least body_limit_bytes and below 4 GiB",
+            ));
+        }
         let backlog_interval = section
             .backlog_interval_ms
             .map_or(BACKLOG_INTERVAL_DEFAULT, Duration::from_millis);
@@ -94,6 +112,7 @@ impl IngestConfig {
         }
         Ok(IngestConfig {
             body_limit,
+            body_bytes_in_flight,
             queue_high_water: common.queue_high_water,
             backlog_interval,
             retry_after_unavailable: retry_after,
@@ -142,6 +161,7 @@ mod tests {
         assert_eq!(c.retry_after_unavailable, Duration::from_secs(2));
         assert!(load("[ingest]\nbody_limit_bytes = 1\n").is_err());
         assert!(load("[ingest]\nretry_after_secs = 0\n").is_err());
+        assert!(load("[ingest]\nbody_limit_bytes = 4096\nbody_bytes_in_flight = 2048\n").is_err());
         assert!(
             load("[ingest]\nbody_limit = 4096\n").is_err(),
             "typos are rejected"

@@ -28,6 +28,7 @@ use fleet_runtime::Tenant;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, field::Empty};
 
 use crate::{
@@ -183,9 +184,15 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Reads the whole body, refusing more than `limit` bytes (by `Content-Length` up front, and while
-/// reading for chunked bodies).
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Rejection> {
+/// Reads the whole body, refusing more than the body limit (by `Content-Length` up front, and
+/// while reading for chunked bodies), and holding its share of the in-flight body budget (the
+/// declared length, or the whole limit when none is declared) until the permit is dropped.
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, OwnedSemaphorePermit), Rejection> {
+    let limit = state.config().body_limit;
     let too_large = || {
         Rejection::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -200,7 +207,16 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let reserve = declared.map_or(limit, |n| n as usize);
+    let permit = state.reserve_body(reserve).ok_or_else(|| Rejection {
+        retry_after: Some(Duration::from_secs(1)),
+        ..Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests in flight, retry later",
+        )
+    })?;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let is_limit = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit");
@@ -209,7 +225,8 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         } else {
             Rejection::bad_request("body_read", "cannot read the request body")
         }
-    })
+    })?;
+    Ok((bytes, permit))
 }
 
 /// Checks the tenant's admission rate.
@@ -382,7 +399,7 @@ async fn meta_webhook(
                     .cloned()
                     .ok_or_else(Rejection::unknown_tenant)?;
                 let meta = tenant.meta.as_ref().ok_or_else(Rejection::unknown_tenant)?;
-                let raw = read_body(&headers, body, state.config().body_limit).await?;
+                let (raw, _body_permit) = read_body(&state, &headers, body).await?;
                 bytes_read = raw.len();
                 let signature = headers
                     .get(meta::SIGNATURE_HEADER)
@@ -493,7 +510,7 @@ async fn twilio_webhook(
             let snapshot = state.snapshot();
             let tenant = snapshot.tenants.get(&tenant_id).cloned().ok_or_else(Rejection::unknown_tenant)?;
             let settings = tenant.twilio.as_ref().ok_or_else(Rejection::unknown_tenant)?;
-            let raw = read_body(&headers, body, state.config().body_limit).await?;
+            let (raw, _body_permit) = read_body(&state, &headers, body).await?;
             bytes_read = raw.len();
             let params = twilio::parse_form(&raw)
                 .map_err(|_| Rejection::bad_request("malformed_form", "malformed form body"))?;
@@ -660,7 +677,7 @@ async fn send_message(State(state): State<AppState>, headers: HeaderMap, body: B
                     )
                 })?;
             tracing::Span::current().record("tenant", tenant.id.as_str());
-            let raw = read_body(&headers, body, state.config().body_limit).await?;
+            let (raw, _body_permit) = read_body(&state, &headers, body).await?;
             bytes_read = raw.len();
             admit(&snapshot, &tenant)?;
             let key = idempotency_header(&headers)?;

@@ -21,6 +21,7 @@ use fleet_core::{INBOUND_QUEUE, OUTBOUND_QUEUE};
 use fleet_queue::{Broker, Queue};
 use fleet_runtime::{Shutdown, Tenant, Tenants, TenantsError, TenantsHandle};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{config::IngestConfig, metrics};
 
@@ -87,6 +88,7 @@ struct Inner {
     inbound_backlog: AtomicU64,
     outbound_backlog: AtomicU64,
     redis_down: AtomicBool,
+    body_budget: Arc<Semaphore>,
 }
 
 /// The state every handler shares; cheap to clone.
@@ -117,6 +119,9 @@ impl AppState {
     /// request that needs a queue is answered 503.
     pub fn new(config: IngestConfig, tenants: TenantsHandle) -> Self {
         let snapshot = Arc::new(Snapshot::build(tenants.current(), None));
+        let body_budget = Arc::new(Semaphore::new(
+            config.body_bytes_in_flight.max(config.body_limit),
+        ));
         AppState {
             inner: Arc::new(Inner {
                 config,
@@ -126,6 +131,7 @@ impl AppState {
                 inbound_backlog: AtomicU64::new(0),
                 outbound_backlog: AtomicU64::new(0),
                 redis_down: AtomicBool::new(false),
+                body_budget,
             }),
         }
     }
@@ -197,6 +203,16 @@ impl AppState {
     pub fn reload_tenants(&self) -> Result<usize, TenantsError> {
         let fresh = self.inner.tenants.reload()?;
         Ok(fresh.len())
+    }
+
+    /// Reserves `bytes` of the in-flight body budget, or `None` when the budget is spent.
+    pub(crate) fn reserve_body(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(bytes).ok()?;
+        self.inner
+            .body_budget
+            .clone()
+            .try_acquire_many_owned(n)
+            .ok()
     }
 
     /// Whether a request for `queue` may be enqueued now, from the cached health and backlog.

@@ -482,3 +482,49 @@ async fn tenants_reload_takes_effect_on_the_next_request() {
     std::fs::remove_file(&path).unwrap();
     cleanup(prefix);
 }
+
+#[tokio::test]
+async fn bodies_in_flight_are_bounded() {
+    let t = TestApp::with_config(|c| {
+        c.body_limit = 4096;
+        c.body_bytes_in_flight = 4096;
+    })
+    .await;
+    // A chunked upload that never finishes holds the whole budget (its length is unknown).
+    let (polled_tx, polled_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut polled_tx = Some(polled_tx);
+    let stalled = futures::stream::poll_fn(move |_| {
+        if let Some(tx) = polled_tx.take() {
+            let _ = tx.send(());
+        }
+        std::task::Poll::<Option<Result<Vec<u8>, std::io::Error>>>::Pending
+    });
+    let request = Request::post("/webhooks/meta/acme")
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    let slow = tokio::spawn(tower::ServiceExt::oneshot(t.router.clone(), request));
+    polled_rx.await.unwrap();
+
+    let refused = t
+        .send(signed_meta_post("acme", &meta_text_body(&["wamid.F1"])))
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    assert!(refused.retry_after().is_some());
+    t.assert_nothing_enqueued("over the in-flight budget").await;
+
+    slow.abort();
+    assert!(slow.await.unwrap_err().is_cancelled());
+    let accepted = t
+        .send(signed_meta_post("acme", &meta_text_body(&["wamid.F1"])))
+        .await;
+    assert_eq!(
+        accepted.status,
+        StatusCode::OK,
+        "the budget is released with the request"
+    );
+}
