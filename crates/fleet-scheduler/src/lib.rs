@@ -7,6 +7,7 @@ pub mod consumers;
 pub mod delayed;
 pub mod duration;
 pub mod health;
+pub mod metrics;
 pub mod retention;
 pub mod scheduler;
 pub mod stalled;

@@ -56,7 +56,8 @@ enum TermEnd {
 
 impl Scheduler {
     /// A replica maintaining `config.queues` through `broker`, campaigning with `lock` (whose
-    /// TTL should be `config.leader.ttl`). Refuses an invalid configuration.
+    /// TTL should be `config.leader.ttl`; the lock's own TTL is the one used, renewed every
+    /// third of it). Refuses an invalid configuration.
     pub fn new(
         config: SchedulerConfig,
         broker: &Broker,
@@ -82,6 +83,7 @@ impl Scheduler {
     /// gauges throughout. On shutdown the tasks stop, the lock is released if held (so another
     /// replica takes over at its next campaign rather than after the TTL), and this returns.
     pub async fn run(self, shutdown: Shutdown) {
+        crate::metrics::describe();
         metrics::gauge!("fleet_scheduler_leader").set(0.0);
         let health = Health::new(
             self.config.health.clone(),
@@ -89,7 +91,7 @@ impl Scheduler {
             self.queues.clone(),
         );
         let health_task = tokio::spawn(health.run(shutdown.child()));
-        let every = self.config.leader.renew_interval();
+        let every = self.lock.ttl() / 3;
         let mut failures: u64 = 0;
         tracing::info!(
             token = self.lock.token(),
@@ -97,10 +99,12 @@ impl Scheduler {
             "scheduler campaigning for leadership"
         );
         while !shutdown.is_cancelled() {
+            // Renewals are timed from when the acquisition was sent: the lock's TTL runs from
+            // some point after it.
+            let sent = Instant::now();
             match tokio::time::timeout(every, self.lock.try_acquire()).await {
                 Ok(Ok(Some(fencing_token))) => {
                     failures = 0;
-                    let sent = Instant::now();
                     if self.lead(fencing_token, sent, &shutdown).await == TermEnd::Shutdown {
                         break;
                     }
@@ -133,7 +137,7 @@ impl Scheduler {
     /// One term: spawns the tasks under a child token and renews the lock every third of its TTL
     /// until shutdown, a lost or failed renewal, or a task that ended on its own.
     async fn lead(&self, fencing_token: u64, acquired_at: Instant, shutdown: &Shutdown) -> TermEnd {
-        let every = self.config.leader.renew_interval();
+        let every = self.lock.ttl() / 3;
         let term = shutdown.child();
         let mut tasks = JoinSet::new();
         let c = &self.config;

@@ -79,7 +79,54 @@ pub(crate) async fn run_loop<T: Task>(task: T, stop: Shutdown) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    };
+
     use super::*;
+
+    /// Fails its first two runs, succeeds on the third, and hangs forever in the fourth.
+    struct Scripted {
+        runs: Arc<AtomicU32>,
+    }
+
+    impl Task for Scripted {
+        type Outcome = ();
+        const NAME: &'static str = "scripted";
+
+        fn interval(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+
+        async fn tick(&self, _now_ms: u64) -> fleet_queue::Result<()> {
+            match self.runs.fetch_add(1, Ordering::SeqCst) + 1 {
+                1 | 2 => Err(fleet_queue::Error::Invalid("scripted failure".into())),
+                3 => Ok(()),
+                _ => std::future::pending().await,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_survives_failures_and_stops_at_once_even_mid_run() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let stop = Shutdown::new();
+        let handle = tokio::spawn(run_loop(Scripted { runs: runs.clone() }, stop.clone()));
+        // Paused time jumps ahead whenever every task waits: ten intervals pass at once.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            4,
+            "failures do not stop the loop"
+        );
+        assert!(!handle.is_finished(), "the fourth run hangs");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_millis(1), handle)
+            .await
+            .expect("cancelling drops the run in flight")
+            .unwrap();
+    }
 
     #[test]
     fn jitter_stays_within_its_bounds() {
