@@ -10,6 +10,7 @@ mod error;
 mod inspect;
 pub mod keys;
 mod maintenance;
+mod metrics_doc;
 mod queue;
 
 pub use broker::{Broker, COMMAND_BUFFER_LIMIT, COMMAND_TIMEOUT_DEFAULT};
@@ -22,4 +23,5 @@ pub use entry::StoredJob;
 pub use error::{Error, Result};
 pub use inspect::{ConsumerInfo, GroupStats, PeekedJob, PriorityStats, QueueStats};
 pub use maintenance::{Reclaimed, Retention};
+pub use metrics_doc::describe_metrics;
 pub use queue::{BATCH_LIMIT, Enqueued, Queue, now_ms};

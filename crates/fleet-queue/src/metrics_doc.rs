@@ -1,0 +1,57 @@
+//! Descriptions of the queue library's metrics, so each `/metrics` page explains them (`# HELP`).
+
+use metrics::{Unit, describe_counter, describe_histogram};
+
+/// Describes every metric this library records; call once after installing the recorder.
+pub fn describe_metrics() {
+    describe_counter!(
+        "fleet_queue_enqueued_total",
+        Unit::Count,
+        "Jobs appended to a queue, by priority."
+    );
+    describe_counter!(
+        "fleet_queue_duplicates_total",
+        Unit::Count,
+        "Enqueues answered by an idempotency key already seen: nothing appended."
+    );
+    describe_counter!(
+        "fleet_queue_acked_total",
+        Unit::Count,
+        "Entries acknowledged by consumers."
+    );
+    describe_counter!(
+        "fleet_queue_retried_total",
+        Unit::Count,
+        "Failed attempts scheduled for a retry in the delayed set."
+    );
+    describe_counter!(
+        "fleet_queue_deferred_total",
+        Unit::Count,
+        "Jobs put back in the delayed set without counting an attempt (rate limits)."
+    );
+    describe_counter!(
+        "fleet_queue_dead_lettered_total",
+        Unit::Count,
+        "Jobs moved to the dead-letter stream, by reason."
+    );
+    describe_counter!(
+        "fleet_queue_reclaimed_total",
+        Unit::Count,
+        "Stalled entries handed back to live consumers."
+    );
+    describe_counter!(
+        "fleet_queue_trimmed_total",
+        Unit::Count,
+        "Acknowledged entries removed by retention."
+    );
+    describe_counter!(
+        "fleet_queue_replayed_total",
+        Unit::Count,
+        "Dead letters moved back onto their queue."
+    );
+    describe_histogram!(
+        "fleet_queue_batch_entries",
+        Unit::Count,
+        "Entries per consumer batch."
+    );
+}
