@@ -7,7 +7,10 @@ use std::time::Duration;
 use fleet_core::EnqueueOptions;
 use fleet_runtime::Shutdown;
 use fleet_scheduler::{Role, Scheduler, SchedulerConfig};
-use fred::prelude::*;
+use fred::{
+    prelude::*,
+    types::{Expiration, SetOptions, Value},
+};
 use tokio::sync::watch;
 
 use crate::support::{TestEnv, eventually, raw_client};
@@ -177,14 +180,27 @@ async fn a_leader_that_loses_its_lock_stops_its_tasks_at_once_and_campaigns_agai
 
     // The lock expires behind the leader's back (as after a long pause) and a rival takes it,
     // with a TTL long enough that the rival's term outlasts what follows.
+    // Done in one command (the rival's token replacing the leader's), so the leader cannot win
+    // the lock back in between; then the counter moves as an acquisition moves it.
     let rival = env.lock(Duration::from_secs(30)).await;
     let raw = raw_client().await;
-    let _: i64 = raw.del(rival.keys()[0]).await.unwrap();
+    let [lock_key, fence_key] = rival.keys().map(str::to_owned);
+    let _: Value = raw
+        .set(
+            &lock_key,
+            rival.token(),
+            Some(Expiration::PX(30_000)),
+            Some(SetOptions::XX),
+            false,
+        )
+        .await
+        .unwrap();
+    let _: i64 = raw.incr(&fence_key).await.unwrap();
     let f_rival = rival
         .try_acquire()
         .await
         .unwrap()
-        .expect("the expired lock is free");
+        .expect("the rival holds the lock");
     assert!(f_rival > f1);
     wait_role(&mut role, |r| !r.is_leader()).await;
 
