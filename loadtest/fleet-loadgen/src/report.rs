@@ -1,0 +1,282 @@
+//! A run's outputs in `loadtest/results/<timestamp>-<case>/`: `result.json` (everything, for
+//! scripts), `report.md` (for people) and `latency.png` (latency and rate over time).
+//!
+//! The chart uses plotters' bitmap backend without any text feature, so it needs no system
+//! fonts; its scales are written in the Markdown report instead of on the axes.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+
+use crate::run::RunResult;
+
+/// One line of a panel: points, colour, stroke width.
+type Line = (Vec<(f64, f64)>, RGBColor, u32);
+
+/// Width and height of the chart, pixels.
+const CHART_SIZE: (u32, u32) = (1200, 720);
+
+/// Writes the three files into `dir` (created if missing).
+pub fn write_all(result: &RunResult, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(
+        dir.join("result.json"),
+        serde_json::to_vec_pretty(result).context("serializing the result")?,
+    )?;
+    let scales = chart(result, &dir.join("latency.png")).context("drawing latency.png")?;
+    std::fs::write(dir.join("report.md"), markdown(result, &scales))?;
+    Ok(())
+}
+
+/// The axis ranges of the chart, told in the report.
+pub struct Scales {
+    /// Seconds on the x axis.
+    pub t_max: f64,
+    /// Milliseconds at the top of the latency panel.
+    pub latency_max_ms: f64,
+    /// Messages per second at the top of the rate panel.
+    pub rate_max: f64,
+}
+
+fn nice_ceiling(v: f64) -> f64 {
+    if v <= 0.0 {
+        return 1.0;
+    }
+    let mag = 10f64.powf(v.log10().floor());
+    for m in [1.0, 2.0, 5.0, 10.0] {
+        if v <= m * mag {
+            return m * mag;
+        }
+    }
+    10.0 * mag
+}
+
+/// Draws latency (top) and rate (bottom) over time; returns the scales.
+pub fn chart(result: &RunResult, path: &Path) -> Result<Scales> {
+    let s = &result.series;
+    let t_max = s.last().map_or(1.0, |p| p.t_secs + 1.0).max(1.0);
+    let latency_max_ms = nice_ceiling(
+        s.iter()
+            .map(|p| p.accept_p99_ms.max(p.e2e_p99_ms))
+            .fold(0.0, f64::max),
+    );
+    let rate_max = nice_ceiling(
+        s.iter()
+            .map(|p| p.target_rate.max(p.accepted_rate))
+            .fold(0.0, f64::max),
+    );
+    let root = BitMapBackend::new(path, CHART_SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (top, bottom) = root.split_vertically(CHART_SIZE.1 * 3 / 5);
+    let grey = RGBColor(220, 220, 220);
+    let panel = |area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+                 y_max: f64,
+                 lines: Vec<Line>|
+     -> Result<()> {
+        let mut c = ChartBuilder::on(area)
+            .margin(16)
+            .build_cartesian_2d(0f64..t_max, 0f64..y_max)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Grid: tenths of each axis, drawn as plain lines (no text).
+        for i in 0..=10 {
+            let y = y_max * i as f64 / 10.0;
+            let x = t_max * i as f64 / 10.0;
+            c.draw_series(LineSeries::new([(0.0, y), (t_max, y)], grey))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            c.draw_series(LineSeries::new([(x, 0.0), (x, y_max)], grey))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        for (points, color, width) in lines {
+            c.draw_series(LineSeries::new(
+                points,
+                ShapeStyle::from(color).stroke_width(width),
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(())
+    };
+    let pts = |f: &dyn Fn(&crate::run::SeriesPoint) -> f64| -> Vec<(f64, f64)> {
+        s.iter()
+            .map(|p| (p.t_secs, f(p).min(latency_max_ms.max(rate_max))))
+            .collect()
+    };
+    panel(
+        &top,
+        latency_max_ms,
+        vec![
+            (pts(&|p| p.accept_p50_ms), RGBColor(140, 180, 240), 1),
+            (pts(&|p| p.accept_p99_ms), RGBColor(20, 60, 200), 2),
+            (pts(&|p| p.e2e_p50_ms), RGBColor(250, 170, 110), 1),
+            (pts(&|p| p.e2e_p99_ms), RGBColor(200, 30, 30), 2),
+        ],
+    )?;
+    panel(
+        &bottom,
+        rate_max,
+        vec![
+            (pts(&|p| p.target_rate), RGBColor(120, 120, 120), 1),
+            (pts(&|p| p.accepted_rate), RGBColor(30, 150, 60), 2),
+        ],
+    )?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Scales {
+        t_max,
+        latency_max_ms,
+        rate_max,
+    })
+}
+
+fn yes(ok: bool) -> &'static str {
+    if ok { "pass" } else { "**FAIL**" }
+}
+
+/// The Markdown report.
+pub fn markdown(r: &RunResult, scales: &Scales) -> String {
+    let mut m = String::new();
+    let _ = writeln!(
+        m,
+        "# Load run `{}`: case `{}` ({:?})\n",
+        r.run_id, r.case.name, r.case.profile
+    );
+    let _ = writeln!(
+        m,
+        "Started {}; load phase {:.1} s. Verdict: **{}**.\n",
+        r.started_at,
+        r.load_secs,
+        if r.passed { "PASS" } else { "FAIL" }
+    );
+    let _ = writeln!(m, "## Figures\n\n| figure | value |\n|---|---|");
+    let _ = writeln!(
+        m,
+        "| target rate (mean after warmup) | {:.0} events/s |",
+        r.target_rate
+    );
+    let _ = writeln!(
+        m,
+        "| accepted rate (after warmup) | {:.0} events/s |",
+        r.accepted_rate
+    );
+    let _ = writeln!(
+        m,
+        "| requests (ok / sent) | {} / {} ({} redeliveries) |",
+        r.requests_ok, r.requests, r.redeliveries
+    );
+    let _ = writeln!(
+        m,
+        "| messages / statuses accepted | {} / {} |",
+        r.messages_accepted, r.statuses_accepted
+    );
+    let _ = writeln!(m, "| failures | {:?} |", r.failures);
+    let p = |x: &crate::stats::Percentiles| {
+        format!(
+            "p50 {:.2} / p90 {:.2} / p99 {:.2} / p99.9 {:.2} / max {:.2} ms (n={})",
+            x.p50_ms, x.p90_ms, x.p99_ms, x.p999_ms, x.max_ms, x.count
+        )
+    };
+    let _ = writeln!(m, "| accept latency | {} |", p(&r.accept));
+    let _ = writeln!(m, "| webhook-to-row latency | {} |", p(&r.e2e));
+    let _ = writeln!(
+        m,
+        "| samples skipped / missing | {} / {} |",
+        r.e2e_skipped, r.e2e_missing
+    );
+    if let Some(d) = r.row_drain_secs {
+        let _ = writeln!(m, "| rows drained after the load | {d:.2} s |");
+    }
+    if let (Some(e), Some(d)) = (r.replies_expected, r.replies_delivered) {
+        let _ = writeln!(
+            m,
+            "| replies owed / delivered / duplicates | {e} / {d} / {} |",
+            r.reply_duplicates.unwrap_or(0)
+        );
+    }
+    if let Some(d) = r.reply_drain_secs {
+        let _ = writeln!(m, "| replies drained after the load | {d:.2} s |");
+    }
+    if let Some(s) = r.max_sustainable_rate {
+        let _ = writeln!(m, "| **max sustainable rate** | **{s:.0} msg/s** |");
+    }
+    if !r.steps.is_empty() {
+        let _ = writeln!(
+            m,
+            "\n## Stress steps\n\n| target/s | achieved/s | accept p99 ms | row p99 ms | overdue | errors | verdict |\n|---|---|---|---|---|---|---|"
+        );
+        for s in &r.steps {
+            let _ = writeln!(
+                m,
+                "| {:.0} | {:.0} | {:.1} | {:.1} | {} | {:.4} | {} {} |",
+                s.target_rate,
+                s.achieved_rate,
+                s.accept.p99_ms,
+                s.e2e.p99_ms,
+                s.e2e_overdue,
+                s.error_rate,
+                yes(s.passed),
+                s.broken.join("; ")
+            );
+        }
+    }
+    let table = |m: &mut String, title: &str, rows: &[crate::run::Check]| {
+        let _ = writeln!(
+            m,
+            "\n## {title}\n\n| check | expected | actual | |\n|---|---|---|---|"
+        );
+        for c in rows {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} |",
+                c.name,
+                c.expected,
+                c.actual,
+                yes(c.ok)
+            );
+        }
+    };
+    table(&mut m, "Criteria", &r.criteria);
+    table(&mut m, "Verification", &r.checks);
+    if !r.processes.is_empty() {
+        let _ = writeln!(
+            m,
+            "\n## Processes\n\n| process | pid | peak RSS (VmHWM) MiB | RSS MiB | CPU s |\n|---|---|---|---|---|"
+        );
+        for u in &r.processes {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {:.1} | {:.1} | {:.1} |",
+                u.name, u.pid, u.peak_rss_mib, u.rss_mib, u.cpu_secs
+            );
+        }
+    }
+    let _ = writeln!(
+        m,
+        "\n## Chart\n\n![latency over time](latency.png)\n\nTop panel: latency, 0 to {:.0} ms \
+         (gridlines every {:.0} ms): accept p50 light blue, accept p99 blue, webhook-to-row p50 \
+         orange, webhook-to-row p99 red. Bottom panel: rate, 0 to {:.0} events/s (gridlines every \
+         {:.0}): target grey, accepted green. x axis: 0 to {:.0} s (gridlines every {:.0} s).",
+        scales.latency_max_ms,
+        scales.latency_max_ms / 10.0,
+        scales.rate_max,
+        scales.rate_max / 10.0,
+        scales.t_max,
+        scales.t_max / 10.0
+    );
+    let _ = writeln!(m, "\n## Notes\n");
+    for n in &r.notes {
+        let _ = writeln!(m, "- {n}");
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nice_ceilings() {
+        assert_eq!(nice_ceiling(0.0), 1.0);
+        assert_eq!(nice_ceiling(3.2), 5.0);
+        assert_eq!(nice_ceiling(120.0), 200.0);
+        assert_eq!(nice_ceiling(5000.0), 5000.0);
+    }
+}
