@@ -1,7 +1,7 @@
 //! Delayed promotion: entries whose retry or delay is due move from each queue's delayed set onto
 //! their priority streams, in bounded atomic batches (one script call per batch).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use fleet_queue::{Queue, Result};
 use fleet_runtime::Shutdown;
@@ -61,16 +61,21 @@ pub struct Outcome {
 pub struct Delayed {
     config: Config,
     queues: Vec<Queue>,
+    batch: Arc<task::AdaptiveBatch>,
 }
 
 impl Delayed {
     /// The task for `queues`.
     pub fn new(config: Config, queues: Vec<Queue>) -> Self {
-        Delayed { config, queues }
+        Delayed {
+            batch: Arc::new(task::AdaptiveBatch::new(config.batch_size)),
+            config,
+            queues,
+        }
     }
 
     /// Promotes the entries due at `now_ms` in every queue, a batch at a time while batches come
-    /// back full, up to the per-run limit. Several schedulers running this at once promote each
+    /// back full, up to the per-run limit (batches shrink while Redis times out). Several schedulers running this at once promote each
     /// entry once: each batch is one script, and scripts run one at a time.
     pub async fn run_once(&self, now_ms: u64) -> Result<Outcome> {
         let mut out = Outcome::default();
@@ -78,10 +83,13 @@ impl Delayed {
             let mut promoted = 0u64;
             let mut batches = 0u32;
             loop {
-                let n = q.promote_due(now_ms, self.config.batch_size).await?;
+                let size = self.batch.get();
+                let r = q.promote_due(now_ms, size).await;
+                self.batch.observe(&r);
+                let n = r?;
                 promoted += n;
                 batches += 1;
-                if (n as usize) < self.config.batch_size {
+                if (n as usize) < size {
                     break;
                 }
                 if batches >= self.config.max_batches_per_run {

@@ -3,7 +3,7 @@
 //! group, or not yet delivered, is never removed. (Idempotency keys need no task: each is written
 //! with its own TTL and expires by itself.)
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use fleet_queue::{Queue, Result, Retention as Bounds};
 use fleet_runtime::Shutdown;
@@ -107,12 +107,17 @@ pub struct Outcome {
 pub struct Retention {
     config: Config,
     queues: Vec<Queue>,
+    batch: Arc<task::AdaptiveBatch>,
 }
 
 impl Retention {
     /// The task for `queues`.
     pub fn new(config: Config, queues: Vec<Queue>) -> Self {
-        Retention { config, queues }
+        Retention {
+            batch: Arc::new(task::AdaptiveBatch::new(config.batch_size)),
+            config,
+            queues,
+        }
     }
 
     /// Removes what the bounds allow at `now_ms` (ages are measured against stream ids, which
@@ -127,15 +132,13 @@ impl Retention {
             let mut capped = false;
             let mut trimmed = 0u64;
             if let Some(b) = acked {
-                let (n, cap) = self.batches(|| q.trim(b, c.batch_size, now_ms)).await?;
+                let (n, cap) = self.batches(|size| q.trim(b, size, now_ms)).await?;
                 trimmed = n;
                 capped |= cap;
             }
             let mut dead_trimmed = 0u64;
             if let Some(b) = dead {
-                let (n, cap) = self
-                    .batches(|| q.trim_dead(b, c.batch_size, now_ms))
-                    .await?;
+                let (n, cap) = self.batches(|size| q.trim_dead(b, size, now_ms)).await?;
                 dead_trimmed = n;
                 capped |= cap;
             }
@@ -159,20 +162,23 @@ impl Retention {
         Ok(out)
     }
 
-    /// Calls `step` while it removes a full batch, up to the per-run limit; returns the total and
-    /// whether the limit stopped it.
+    /// Calls `step` with the batch size while it removes a full batch, up to the per-run limit
+    /// (batches shrink while Redis times out); returns the total and whether the limit stopped it.
     async fn batches<F, Fut>(&self, mut step: F) -> Result<(u64, bool)>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(usize) -> Fut,
         Fut: std::future::Future<Output = Result<u64>>,
     {
         let mut total = 0;
         for _ in 0..self.config.max_batches_per_run {
-            let n = step().await?;
+            let size = self.batch.get();
+            let r = step(size).await;
+            self.batch.observe(&r);
+            let n = r?;
             total += n;
             // A stream call removes at most one batch per priority stream; less than one batch
             // in all means nothing is left that this run may remove.
-            if (n as usize) < self.config.batch_size {
+            if (n as usize) < size {
                 return Ok((total, false));
             }
         }

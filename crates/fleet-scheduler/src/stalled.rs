@@ -2,7 +2,7 @@
 //! back to their stream for a live consumer, with the attempt counted; an entry whose attempts are
 //! exhausted goes to the dead-letter stream with the reason `stalled`.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use fleet_queue::{Queue, Result};
 use fleet_runtime::Shutdown;
@@ -92,12 +92,14 @@ pub struct Stalled {
     config: Config,
     group: String,
     queues: Vec<Queue>,
+    batch: Arc<task::AdaptiveBatch>,
 }
 
 impl Stalled {
     /// The task for consumer group `group` of `queues`.
     pub fn new(config: Config, group: impl Into<String>, queues: Vec<Queue>) -> Self {
         Stalled {
+            batch: Arc::new(task::AdaptiveBatch::new(config.batch_size)),
             config,
             group: group.into(),
             queues,
@@ -105,7 +107,7 @@ impl Stalled {
     }
 
     /// Recovers every entry pending longer than its queue's lease, a batch at a time while
-    /// batches come back full, up to the per-run limit. Idle times are measured by Redis, so
+    /// batches come back full, up to the per-run limit (batches shrink while Redis times out). Idle times are measured by Redis, so
     /// `now_ms` only stamps dead letters.
     pub async fn run_once(&self, now_ms: u64) -> Result<Outcome> {
         let mut out = Outcome::default();
@@ -114,16 +116,17 @@ impl Stalled {
             let (mut reclaimed, mut dead, mut gone) = (0u64, 0u64, 0u64);
             let mut batches = 0u32;
             loop {
-                let r = q
-                    .reclaim_stalled(&self.group, lease, self.config.batch_size, now_ms)
-                    .await?;
+                let size = self.batch.get();
+                let r = q.reclaim_stalled(&self.group, lease, size, now_ms).await;
+                self.batch.observe(&r);
+                let r = r?;
                 reclaimed += r.requeued;
                 dead += r.dead_lettered;
                 gone += r.gone;
                 batches += 1;
                 // The limit applies per priority stream and the counts are summed over the
                 // three, so a sum below one batch means every stream came back short.
-                if ((r.requeued + r.dead_lettered + r.gone) as usize) < self.config.batch_size {
+                if ((r.requeued + r.dead_lettered + r.gone) as usize) < size {
                     break;
                 }
                 if batches >= self.config.max_batches_per_run {

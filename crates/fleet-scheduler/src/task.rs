@@ -1,7 +1,11 @@
 //! The loop every maintenance task shares: a staggered start, a jittered interval, a run that is
 //! dropped the moment the task is cancelled, per-run metrics, and failure logs that do not flood.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use fleet_runtime::Shutdown;
 use rand::Rng;
@@ -32,6 +36,50 @@ pub(crate) fn jittered(base: Duration) -> Duration {
 /// A random point in `[0, base)`: the first run's delay, so tasks and replicas do not start in step.
 pub(crate) fn stagger(base: Duration) -> Duration {
     base.mul_f64(rand::rng().random_range(0.0..1.0))
+}
+
+/// A batch size that halves when a call fails for want of Redis (a timeout: the batch may be too
+/// heavy for a busy server) and doubles back, up to its configured size, after each success.
+#[derive(Debug)]
+pub(crate) struct AdaptiveBatch {
+    max: usize,
+    current: AtomicUsize,
+}
+
+impl AdaptiveBatch {
+    /// Smallest size it shrinks to.
+    pub(crate) const MIN: usize = 10;
+
+    pub(crate) fn new(max: usize) -> Self {
+        AdaptiveBatch {
+            max,
+            current: AtomicUsize::new(max),
+        }
+    }
+
+    /// The size to use for the next call.
+    pub(crate) fn get(&self) -> usize {
+        self.current.load(Ordering::Relaxed)
+    }
+
+    /// Adjusts the size after a call's result.
+    pub(crate) fn observe<T>(&self, result: &fleet_queue::Result<T>) {
+        let now = self.get();
+        let next = match result {
+            Ok(_) => now.saturating_mul(2).min(self.max),
+            Err(e) if e.is_unavailable() => (now / 2).max(Self::MIN.min(self.max)),
+            Err(_) => now,
+        };
+        if next != now {
+            self.current.store(next, Ordering::Relaxed);
+            if next < now {
+                tracing::info!(
+                    batch_size = next,
+                    "redis timed out: smaller batches for now"
+                );
+            }
+        }
+    }
 }
 
 /// Runs `task` until `stop` is cancelled. Cancelling drops a run in flight at once: every Redis
@@ -106,6 +154,32 @@ mod tests {
                 _ => std::future::pending().await,
             }
         }
+    }
+
+    #[test]
+    fn batches_halve_on_timeouts_and_grow_back_on_success() {
+        let b = AdaptiveBatch::new(500);
+        let timeout: fleet_queue::Result<()> = Err(fleet_queue::Error::Unavailable(
+            fred::error::Error::new(fred::error::ErrorKind::Timeout, "t"),
+        ));
+        let other: fleet_queue::Result<()> = Err(fleet_queue::Error::Invalid("x".into()));
+        b.observe(&timeout);
+        assert_eq!(b.get(), 250);
+        b.observe(&other);
+        assert_eq!(b.get(), 250, "only a timeout shrinks the batch");
+        for _ in 0..10 {
+            b.observe(&timeout);
+        }
+        assert_eq!(b.get(), AdaptiveBatch::MIN);
+        b.observe(&Ok(()));
+        assert_eq!(b.get(), 20);
+        for _ in 0..10 {
+            b.observe(&Ok(()));
+        }
+        assert_eq!(b.get(), 500, "never above the configured size");
+        let tiny = AdaptiveBatch::new(3);
+        tiny.observe(&timeout);
+        assert_eq!(tiny.get(), 3, "a configured size below the minimum stays");
     }
 
     #[tokio::test(start_paused = true)]

@@ -81,9 +81,15 @@ pub(crate) async fn raw_client() -> Client {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        let prefix = self.broker.prefix().to_owned();
-        let queues = std::mem::take(&mut self.queues);
-        let extra = std::mem::take(&mut *self.extra_keys.lock().unwrap());
+        // Every key the tests create is known (no test uses idempotency keys), so they are
+        // deleted by name: no SCAN, whose cost grows with whatever else the shared Redis holds.
+        let mut keys = std::mem::take(&mut *self.extra_keys.lock().unwrap());
+        for q in &self.queues {
+            let q = self.broker.queue(q);
+            let k = q.keys();
+            keys.extend(k.streams().iter().cloned());
+            keys.extend([k.delayed(), k.dead(), k.paused()]);
+        }
         // Cleanup needs its own runtime: the test's runtime may be shutting down.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -91,16 +97,9 @@ impl Drop for TestEnv {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                if let Ok(b) = Broker::connect(&redis_url(), &prefix).await {
-                    for q in &queues {
-                        let _ = b.queue(q).destroy().await;
-                    }
-                }
-                if !extra.is_empty() {
-                    let c = raw_client().await;
-                    let _: Result<i64, _> = c.del(extra).await;
-                    let _ = c.quit().await;
-                }
+                let c = raw_client().await;
+                let _: Result<i64, _> = c.del(keys).await;
+                let _ = c.quit().await;
             });
         })
         .join();
