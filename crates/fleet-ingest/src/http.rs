@@ -241,7 +241,8 @@ fn admit(snapshot: &crate::state::Snapshot, tenant: &Tenant) -> Result<(), Rejec
     })
 }
 
-/// Enqueues every inbound event of one request with one `enqueue_batch` call.
+/// Enqueues every inbound event of one request in one `enqueue_batch` call (shared with other
+/// requests' events by the group commit of [`crate::batcher`]).
 /// Returns how many were new and how many were duplicates.
 async fn enqueue_inbound(
     state: &AppState,
@@ -264,11 +265,19 @@ async fn enqueue_inbound(
             )
         })
         .collect();
-    let results = queues
-        .inbound
-        .enqueue_batch(&jobs)
-        .await
-        .map_err(|e| enqueue_error(state, &e))?;
+    let results = queues.inbound_batcher.enqueue(jobs).await.map_err(|e| {
+        if e.unavailable {
+            state.mark_redis_down();
+            Rejection::unavailable(Unavailable::Redis, state.config().retry_after_unavailable)
+        } else {
+            tracing::error!(error = %e.message, "enqueue failed");
+            Rejection::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "enqueue_failed",
+                "enqueue failed",
+            )
+        }
+    })?;
     let duplicates = results.iter().filter(|r| r.duplicate).count();
     let new = results.len() - duplicates;
     metrics::events(provider, new as u64, duplicates as u64);

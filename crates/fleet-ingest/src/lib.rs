@@ -5,6 +5,7 @@
 //! background tasks (backlog monitor, background Redis connection, SIGHUP tenants reload) until
 //! shutdown. `main.rs` only loads configuration and telemetry and calls [`run_with_state`].
 
+mod batcher;
 pub mod config;
 mod http;
 pub mod meta;

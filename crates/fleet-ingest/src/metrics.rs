@@ -17,6 +17,8 @@ pub const REJECTED_TOTAL: &str = "fleet_ingest_rejected_total";
 /// Events (messages, statuses, send requests) handed to a queue, by `provider` and `outcome`
 /// (`enqueued` or `duplicate`).
 pub const EVENTS_TOTAL: &str = "fleet_ingest_events_total";
+/// Events per `enqueue_batch` call of the group commit.
+pub const ENQUEUE_BATCH_SIZE: &str = "fleet_ingest_enqueue_batch_size";
 /// Meta changes of fields other than `messages`, answered 200 and not enqueued.
 pub const OTHER_FIELDS_TOTAL: &str = "fleet_ingest_other_fields_total";
 /// Status events with a status word Fleet does not track, answered 200 and not enqueued.

@@ -23,7 +23,7 @@ use fleet_runtime::{Shutdown, Tenant, Tenants, TenantsError, TenantsHandle};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{config::IngestConfig, metrics};
+use crate::{batcher::Batcher, config::IngestConfig, metrics};
 
 /// One tenant's admission limiter and the rate it was built with (kept across reloads when the
 /// rate is unchanged, so a reload does not hand every tenant a fresh burst).
@@ -78,6 +78,8 @@ pub(crate) struct Queues {
     pub(crate) broker: Broker,
     pub(crate) inbound: Queue,
     pub(crate) outbound: Queue,
+    /// Group commit onto `inbound` (see [`crate::batcher`]).
+    pub(crate) inbound_batcher: Batcher,
 }
 
 struct Inner {
@@ -143,10 +145,16 @@ impl AppState {
         state
     }
 
-    /// Hands the broker over once it is connected; later calls are ignored.
+    /// Hands the broker over once it is connected and starts the enqueue writers; later calls
+    /// are ignored. Needs a tokio runtime.
     pub fn set_broker(&self, broker: Broker) {
+        if self.inner.queues.get().is_some() {
+            return;
+        }
+        let inbound = broker.queue(INBOUND_QUEUE);
         let queues = Queues {
-            inbound: broker.queue(INBOUND_QUEUE),
+            inbound_batcher: Batcher::start(&inbound),
+            inbound,
             outbound: broker.queue(OUTBOUND_QUEUE),
             broker,
         };

@@ -528,3 +528,32 @@ async fn bodies_in_flight_are_bounded() {
         "the budget is released with the request"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_batches_and_duplicates_append_once() {
+    let t = TestApp::new().await;
+    // 40 concurrent deliveries of 20 messages, each delivered twice (a provider retry racing the
+    // first delivery): both answered 200, each message appended once.
+    let requests = (0..40).map(|i| {
+        let router = t.router.clone();
+        let body = meta_text_body(&[&format!("wamid.C{}", i % 20)]);
+        async move {
+            tower::ServiceExt::oneshot(router, signed_meta_post("acme", &body))
+                .await
+                .unwrap()
+        }
+    });
+    let responses = futures::future::join_all(requests).await;
+    let (mut accepted, mut duplicates) = (0, 0);
+    for r in responses {
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        accepted += v["accepted"].as_u64().unwrap();
+        duplicates += v["duplicates"].as_u64().unwrap();
+    }
+    assert_eq!((accepted, duplicates), (20, 20));
+    assert_eq!(t.inbound_backlog().await, 20);
+}
