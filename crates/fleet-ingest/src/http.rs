@@ -200,10 +200,13 @@ async fn read_body(
             "body over the size limit",
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    // The body's exact size when known (hyper derives it from Content-Length), else the header.
+    let declared = axum::body::HttpBody::size_hint(&body).exact().or_else(|| {
+        headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    });
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }

@@ -546,10 +546,11 @@ async fn concurrent_requests_share_batches_and_duplicates_append_once() {
     let responses = futures::future::join_all(requests).await;
     let (mut accepted, mut duplicates) = (0, 0);
     for r in responses {
-        assert_eq!(r.status(), StatusCode::OK);
+        let status = r.status();
         let body = axum::body::to_bytes(r.into_body(), usize::MAX)
             .await
             .unwrap();
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         accepted += v["accepted"].as_u64().unwrap();
         duplicates += v["duplicates"].as_u64().unwrap();
