@@ -4,5 +4,6 @@
 
 mod support;
 
+mod binary;
 mod leadership;
 mod tasks;
