@@ -132,6 +132,7 @@ impl Scheduler {
         // Leaving: a lock still held (shutdown during a campaign that just won) is released.
         let _ = tokio::time::timeout(every, self.lock.release()).await;
         let _ = health_task.await;
+        self.lock.close().await;
     }
 
     /// One term: spawns the tasks under a child token and renews the lock every third of its TTL
