@@ -1,8 +1,8 @@
 //! `fleetctl dlq list|show|replay|purge`: the dead-letter stream of a queue, through the queue
 //! library's dead-letter API (`dead_list`, `dead_get`, `dead_page`, `dead_replay`, `dead_purge`).
 //!
-//! Every walk over the stream is bounded: listing reads one page; counting by reason stops at a
-//! cap (default [`crate::cli::REASON_SCAN_DEFAULT`]) and says so; replay by reason or of all walks
+//! Every walk over the stream is bounded: listing reads one page; counting by reason walks from
+//! the newest entry and stops at a cap (default [`crate::cli::REASON_SCAN_DEFAULT`]) and says so; replay by reason or of all walks
 //! in pages only up to the newest entry that existed when it started, so entries that die again
 //! while it runs are not picked up a second time.
 
@@ -75,16 +75,18 @@ impl Tally {
     }
 }
 
-/// Counts the dead entries of `q` by reason, walking from the oldest, at most `cap` entries.
+/// Counts the dead entries of `q` by reason, walking from the newest, at most `cap` entries:
+/// when capped, the summary describes the most recent deaths, which is what an operator triaging
+/// an incident wants.
 pub async fn count_reasons(q: &Queue, cap: usize) -> Result<ReasonSummary> {
     let mut tally = Tally::default();
     let mut scanned = 0usize;
-    let mut after: Option<String> = None;
+    let mut before: Option<String> = None;
     let mut capped = false;
     while scanned < cap {
         let want = PAGE.min(cap - scanned);
         let page = q
-            .dead_page(want, after.as_deref())
+            .dead_list(want, before.as_deref())
             .await
             .context("cannot read the dead letters")?;
         for e in &page {
@@ -94,11 +96,11 @@ pub async fn count_reasons(q: &Queue, cap: usize) -> Result<ReasonSummary> {
         if page.len() < want {
             break;
         }
-        after = page.last().map(|e| e.id.clone());
+        before = page.last().map(|e| e.id.clone());
         if scanned >= cap {
             // Full pages up to the cap: there may be more, unless the next page is empty.
             capped = !q
-                .dead_page(1, after.as_deref())
+                .dead_list(1, before.as_deref())
                 .await
                 .context("cannot read the dead letters")?
                 .is_empty();
@@ -204,7 +206,7 @@ pub fn render_listing(l: &DeadListing, now_ms: u64, color: bool) -> String {
         if s.capped {
             out.push_str(&Paint::Yellow.apply(
                 &format!(
-                    "counted the oldest {} dead entries only (--scan-limit); the rest are not in this summary\n",
+                    "counted the newest {} dead entries only (--scan-limit); older ones are not in this summary\n",
                     count(s.scanned)
                 ),
                 color,
@@ -614,6 +616,6 @@ mod tests {
         assert!(text.contains("no dead entries in outbound"));
         assert!(text.contains("max_attempts"));
         assert!(text.contains("66.7%"));
-        assert!(text.contains("counted the oldest 3 dead entries only"));
+        assert!(text.contains("counted the newest 3 dead entries only"));
     }
 }

@@ -53,7 +53,7 @@ async fn list_is_newest_first_paginated_and_grouped_by_reason() {
     assert_eq!(capped["reasons"]["capped"], true);
     let text = stdout(&t.run(&["dlq", "list", "inbound", "--scan-limit", "2"]));
     assert!(
-        text.contains("counted the oldest 2 dead entries only"),
+        text.contains("counted the newest 2 dead entries only"),
         "{text}"
     );
 

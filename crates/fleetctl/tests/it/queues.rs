@@ -85,7 +85,10 @@ async fn inspect_shows_priorities_groups_and_consumers() {
     let consumers = doc["consumer_list"].as_array().unwrap();
     assert!(!consumers.is_empty());
     assert!(consumers.iter().all(|c| c["name"] == consumers[0]["name"]));
-    let high: Vec<_> = consumers.iter().filter(|c| c["priority"] == "high").collect();
+    let high: Vec<_> = consumers
+        .iter()
+        .filter(|c| c["priority"] == "high")
+        .collect();
     assert_eq!(high.len(), 1);
     assert_eq!(high[0]["pending"], 2);
     assert!(doc["rates"].is_null());
