@@ -170,6 +170,34 @@ async fn replicas_elect_one_leader_and_the_other_takes_over_when_it_stops() {
 }
 
 #[tokio::test]
+async fn when_the_leader_crashes_another_takes_over_after_the_ttl() {
+    let env = TestEnv::new().await;
+    let (mut ra, stop_a, task_a) = spawn_replica(&env, fast_config()).await;
+    let Role::Leader { fencing_token: f1 } = wait_role(&mut ra, Role::is_leader).await else {
+        unreachable!()
+    };
+    let (mut rb, stop_b, task_b) = spawn_replica(&env, fast_config()).await;
+    assert!(!rb.borrow().is_leader());
+
+    // The leader dies without a word: its task is dropped mid-flight, the lock is not released.
+    let crashed_at = tokio::time::Instant::now();
+    task_a.abort();
+    let _ = task_a.await;
+    let Role::Leader { fencing_token: f2 } = wait_role(&mut rb, Role::is_leader).await else {
+        unreachable!()
+    };
+    assert!(f2 > f1);
+    // Within the TTL (300 ms) plus one campaign interval; the bound is loose for a loaded machine.
+    let took = crashed_at.elapsed();
+    assert!(took < Duration::from_secs(5), "takeover took {took:?}");
+    promoted_by_a_leader(&env).await;
+
+    stop_a.cancel();
+    stop_b.cancel();
+    task_b.await.unwrap();
+}
+
+#[tokio::test]
 async fn a_leader_that_loses_its_lock_stops_its_tasks_at_once_and_campaigns_again() {
     let env = TestEnv::new().await;
     let (mut role, stop, task) = spawn_replica(&env, fast_config()).await;
