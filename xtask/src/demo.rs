@@ -484,10 +484,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
     waiting.push(("fleet-mock-provider", mock_addr, "/healthz"));
     while !waiting.is_empty() {
         if interrupted.load(Ordering::Relaxed) {
-            return finish(children, &redis_url, &prefix, Some("interrupted"));
+            return finish(children, &dir, &redis_url, &prefix, Some("interrupted"));
         }
         if let Some(why) = children.exited() {
-            return finish(children, &redis_url, &prefix, Some(&why));
+            return finish(children, &dir, &redis_url, &prefix, Some(&why));
         }
         if Instant::now() >= deadline {
             let names: Vec<&str> = waiting.iter().map(|w| w.0).collect();
@@ -496,7 +496,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
                 READY_TIMEOUT.as_secs(),
                 names.join(", ")
             );
-            return finish(children, &redis_url, &prefix, Some(&why));
+            return finish(children, &dir, &redis_url, &prefix, Some(&why));
         }
         waiting.retain(|(_, addr, path)| http_status(*addr, path) != Some(200));
         sleep(Duration::from_millis(100));
@@ -542,15 +542,16 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         if let Some(why) = children.exited() {
             let _ = loadgen.kill();
             let _ = loadgen.wait();
-            return finish(children, &redis_url, &prefix, Some(&why));
+            return finish(children, &dir, &redis_url, &prefix, Some(&why));
         }
         sleep(Duration::from_millis(100));
     };
 
     eprintln!("\ndemo: peak resident memory (VmHWM) of every binary:");
     for (name, pid) in children.pids() {
-        if let Some(mib) = peak_rss_mib(pid) {
-            eprintln!("  {name:<20} {mib:>6.1} MiB");
+        match peak_rss_mib(pid) {
+            Some(mib) => eprintln!("  {name:<20} {mib:>6.1} MiB"),
+            None => eprintln!("  {name:<20} (not readable: /proc/{pid}/status has no VmHWM)"),
         }
     }
     if keep_running && load_status.is_some() {
@@ -562,7 +563,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         );
         while !interrupted.load(Ordering::Relaxed) {
             if let Some(why) = children.exited() {
-                return finish(children, &redis_url, &prefix, Some(&why));
+                return finish(children, &dir, &redis_url, &prefix, Some(&why));
             }
             sleep(Duration::from_millis(200));
         }
@@ -572,11 +573,17 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         Some(s) if !s.success() => Some(format!("the load run did not pass ({s}); see its report")),
         Some(_) => None,
     };
-    finish(children, &redis_url, &prefix, why.as_deref())
+    finish(children, &dir, &redis_url, &prefix, why.as_deref())
 }
 
 /// Stops every child, checks nothing is left, deletes the prefix's keys; fails with `why`.
-fn finish(mut children: Children, redis_url: &str, prefix: &str, why: Option<&str>) -> Result<()> {
+fn finish(
+    mut children: Children,
+    dir: &Path,
+    redis_url: &str,
+    prefix: &str,
+    why: Option<&str>,
+) -> Result<()> {
     eprintln!("demo: stopping every process");
     children.stop_all();
     match children.leftovers() {
@@ -587,9 +594,14 @@ fn finish(mut children: Children, redis_url: &str, prefix: &str, why: Option<&st
         Ok(n) => eprintln!("demo: deleted {n} Redis keys under {prefix}:"),
         Err(e) => eprintln!("demo: could not delete the Redis keys under {prefix}: {e:#}"),
     }
+    // The tenants file holds (demo) secrets: it goes in any case; the logs stay after a failure.
+    let _ = std::fs::remove_file(dir.join("tenants.toml"));
     match why {
-        Some(why) => bail!("{why}"),
-        None => Ok(()),
+        Some(why) => bail!("{why} (logs in {})", dir.display()),
+        None => {
+            let _ = std::fs::remove_dir_all(dir);
+            Ok(())
+        }
     }
 }
 

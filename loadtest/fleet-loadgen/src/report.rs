@@ -39,6 +39,66 @@ pub struct Scales {
     pub rate_max: f64,
 }
 
+/// A 3x5 pixel font for the axis numbers (digits, `.`, `k`, `m`, `s`), so labels need no font.
+fn glyph(c: char) -> Option<[u8; 5]> {
+    Some(match c {
+        '0' => [0b111, 0b101, 0b101, 0b101, 0b111],
+        '1' => [0b010, 0b110, 0b010, 0b010, 0b111],
+        '2' => [0b111, 0b001, 0b111, 0b100, 0b111],
+        '3' => [0b111, 0b001, 0b111, 0b001, 0b111],
+        '4' => [0b101, 0b101, 0b111, 0b001, 0b001],
+        '5' => [0b111, 0b100, 0b111, 0b001, 0b111],
+        '6' => [0b111, 0b100, 0b111, 0b101, 0b111],
+        '7' => [0b111, 0b001, 0b001, 0b001, 0b001],
+        '8' => [0b111, 0b101, 0b111, 0b101, 0b111],
+        '9' => [0b111, 0b101, 0b111, 0b001, 0b111],
+        '.' => [0b000, 0b000, 0b000, 0b000, 0b010],
+        'k' => [0b100, 0b101, 0b110, 0b101, 0b101],
+        'm' => [0b000, 0b000, 0b111, 0b111, 0b101],
+        's' => [0b011, 0b100, 0b010, 0b001, 0b110],
+        _ => return None,
+    })
+}
+
+/// Draws `text` with its top-left corner at `at` (pixels), 3 pixels per font pixel.
+fn draw_text(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    text: &str,
+    at: (i32, i32),
+) -> Result<()> {
+    const SCALE: i32 = 3;
+    let mut x = at.0;
+    for c in text.chars() {
+        if let Some(rows) = glyph(c) {
+            for (dy, row) in rows.iter().enumerate() {
+                for dx in 0..3 {
+                    if row & (0b100 >> dx) != 0 {
+                        let (px, py) = (x + dx * SCALE, at.1 + dy as i32 * SCALE);
+                        area.draw(&Rectangle::new(
+                            [(px, py), (px + SCALE - 1, py + SCALE - 1)],
+                            BLACK.filled(),
+                        ))
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    }
+                }
+            }
+        }
+        x += 4 * SCALE;
+    }
+    Ok(())
+}
+
+/// A short axis number: `1.5`, `250`, `12k`.
+fn short_number(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.0}k", v / 1000.0)
+    } else if v >= 100.0 || v == v.trunc() {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
 fn nice_ceiling(v: f64) -> f64 {
     if v <= 0.0 {
         return 1.0;
@@ -72,6 +132,7 @@ pub fn chart(result: &RunResult, path: &Path) -> Result<Scales> {
     let grey = RGBColor(220, 220, 220);
     let panel = |area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
                  y_max: f64,
+                 unit: &str,
                  lines: Vec<Line>|
      -> Result<()> {
         let mut c = ChartBuilder::on(area)
@@ -86,6 +147,26 @@ pub fn chart(result: &RunResult, path: &Path) -> Result<Scales> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             c.draw_series(LineSeries::new([(x, 0.0), (x, y_max)], grey))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        // Numbers: every other gridline on y (with the unit at the top), every other on x.
+        for i in (2..=10).step_by(2) {
+            let y = y_max * i as f64 / 10.0;
+            let (px, py) = c.backend_coord(&(0.0, y));
+            let (ax, ay) = area.get_base_pixel();
+            let label = if i == 10 {
+                format!("{}{unit}", short_number(y))
+            } else {
+                short_number(y)
+            };
+            draw_text(area, &label, (px - ax + 4, py - ay + 4))?;
+            let x = t_max * i as f64 / 10.0;
+            let (qx, qy) = c.backend_coord(&(x, 0.0));
+            let label = format!("{}s", short_number(x));
+            draw_text(
+                area,
+                &label,
+                (qx - ax - 12 * label.len() as i32 - 2, qy - ay - 19),
+            )?;
         }
         for (points, color, width) in lines {
             c.draw_series(LineSeries::new(
@@ -104,6 +185,7 @@ pub fn chart(result: &RunResult, path: &Path) -> Result<Scales> {
     panel(
         &top,
         latency_max_ms,
+        "ms",
         vec![
             (pts(&|p| p.accept_p50_ms), RGBColor(140, 180, 240), 1),
             (pts(&|p| p.accept_p99_ms), RGBColor(20, 60, 200), 2),
@@ -114,6 +196,7 @@ pub fn chart(result: &RunResult, path: &Path) -> Result<Scales> {
     panel(
         &bottom,
         rate_max,
+        "",
         vec![
             (pts(&|p| p.target_rate), RGBColor(120, 120, 120), 1),
             (pts(&|p| p.accepted_rate), RGBColor(30, 150, 60), 2),
@@ -271,6 +354,16 @@ pub fn markdown(r: &RunResult, scales: &Scales) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_numbers_have_glyphs() {
+        for v in [0.5, 3.0, 250.0, 12_000.0] {
+            let s = short_number(v);
+            assert!(s.chars().all(|c| glyph(c).is_some()), "{s}");
+        }
+        assert_eq!(short_number(12_000.0), "12k");
+        assert_eq!(short_number(2.5), "2.5");
+    }
 
     #[test]
     fn nice_ceilings() {
