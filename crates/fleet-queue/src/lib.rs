@@ -9,6 +9,7 @@ mod entry;
 mod error;
 mod inspect;
 pub mod keys;
+pub mod leader;
 mod maintenance;
 mod metrics_doc;
 mod queue;

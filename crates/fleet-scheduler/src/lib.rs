@@ -13,12 +13,7 @@ pub mod scheduler;
 pub mod stalled;
 mod task;
 
-// The leadership lock belongs to fleet-queue (the only crate that builds keys and Lua). Until
-// fleet-queue declares `pub mod leader;`, its file is compiled here, against the names it
-// expects at its crate root.
-use fleet_queue::{Error, Result, keys, unique_consumer_name};
-#[path = "../../fleet-queue/src/leader.rs"]
-pub mod leader;
+pub use fleet_queue::leader;
 
 pub use config::{ConfigError, LeaderConfig, SchedulerConfig};
 pub use leader::LeaderLock;
