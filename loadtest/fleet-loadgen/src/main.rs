@@ -181,6 +181,15 @@ fn print_summary(r: &fleet_loadgen::RunResult, dir: &std::path::Path) {
             r.reply_drain_secs.unwrap_or(f64::NAN)
         );
     }
+    if r.welcome_reply.count > 0 {
+        println!(
+            "webhook-to-reply p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} welcome replies)",
+            r.welcome_reply.p50_ms,
+            r.welcome_reply.p99_ms,
+            r.welcome_reply.max_ms,
+            r.welcome_reply.count
+        );
+    }
     if let Some(s) = r.max_sustainable_rate {
         println!("max sustainable rate: {s:.0} msg/s");
     }

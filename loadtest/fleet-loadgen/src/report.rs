@@ -274,6 +274,13 @@ pub fn markdown(r: &RunResult, scales: &Scales) -> String {
             r.reply_duplicates.unwrap_or(0)
         );
     }
+    if r.welcome_reply.count > 0 {
+        let _ = writeln!(
+            m,
+            "| webhook-to-welcome-reply latency | {} |",
+            p(&r.welcome_reply)
+        );
+    }
     if let Some(d) = r.reply_drain_secs {
         let _ = writeln!(m, "| replies drained after the load | {d:.2} s |");
     }

@@ -105,9 +105,11 @@ pub struct TenantLedger {
     pub statuses: u64,
     /// Accepted messages whose text matches a keyword rule.
     pub keyword_messages: u64,
-    /// Which contacts had at least one accepted message.
-    pub contacts_seen: Vec<bool>,
-    /// Number of `true` in `contacts_seen`.
+    /// Per contact: the intended send time (seconds since the start) of its first accepted
+    /// message; negative when none was accepted yet, NaN when it was accepted only by the final
+    /// resend (no time to measure the welcome reply from).
+    pub first_accepted_at: Vec<f32>,
+    /// Contacts with at least one accepted message.
     pub distinct_contacts: u64,
 }
 
@@ -161,7 +163,7 @@ impl Recorder {
             redeliveries_ok: 0,
             tenants: (0..tenants)
                 .map(|_| TenantLedger {
-                    contacts_seen: vec![false; contacts],
+                    first_accepted_at: vec![-1.0; contacts],
                     ..TenantLedger::default()
                 })
                 .collect(),
@@ -181,8 +183,8 @@ impl Recorder {
         &mut self.windows[i]
     }
 
-    /// Books the acceptance of `req`'s events (first delivery or a successful resend).
-    pub fn book_accepted(&mut self, req: &SharedRequest) {
+    /// Books the acceptance of `req`'s events, intended at `t` seconds (none for the final resend).
+    pub fn book_accepted(&mut self, req: &SharedRequest, t: Option<f64>) {
         let ledger = &mut self.tenants[req.tenant];
         for e in &req.events {
             match e {
@@ -191,10 +193,10 @@ impl Recorder {
                 } => {
                     ledger.messages += 1;
                     ledger.keyword_messages += u64::from(*keyword);
-                    if let Some(seen) = ledger.contacts_seen.get_mut(*contact)
-                        && !*seen
+                    if let Some(first) = ledger.first_accepted_at.get_mut(*contact)
+                        && *first < 0.0
                     {
-                        *seen = true;
+                        *first = t.map_or(f32::NAN, |t| t as f32);
                         ledger.distinct_contacts += 1;
                     }
                 }
@@ -233,7 +235,7 @@ impl Recorder {
         match outcome {
             Ok(()) => {
                 self.requests_ok += 1;
-                self.book_accepted(req);
+                self.book_accepted(req, Some(t));
                 if self.ring.len() == REDELIVERY_RING {
                     self.ring.pop_front();
                 }
@@ -352,7 +354,9 @@ mod tests {
         assert_eq!(r.windows.len(), 2);
         assert_eq!(r.windows[1].errors, 1);
         assert_eq!(r.windows[0].events_accepted, 2);
-        r.book_accepted(&r.failed[0].clone());
+        r.book_accepted(&r.failed[0].clone(), None);
+        assert!(r.tenants[0].first_accepted_at[2].is_nan());
+        assert_eq!(r.tenants[0].first_accepted_at[1], 0.1);
         assert_eq!(r.totals(&[true]).0, 4);
     }
 
