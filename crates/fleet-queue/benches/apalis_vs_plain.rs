@@ -39,6 +39,24 @@ fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// CPU time (user + system) this process used so far, from `/proc/self/stat` (ticks of 10 ms);
+/// zero where there is no procfs. Wall time on a shared machine is noisy; the worker's own CPU
+/// per message is what a runtime adds.
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11) // utime is field 14 of the line, the 12th after the command name
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -237,9 +255,11 @@ async fn main() {
         .await
         .expect("redis must be running");
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); CASES.len()];
+    let mut cpus: Vec<Vec<Duration>> = vec![Vec::new(); CASES.len()];
     for round in 1..=rounds {
         for (i, case) in CASES.iter().enumerate() {
             let q = filled(&broker, &format!("case{i}"), n).await;
+            let cpu_before = cpu_time();
             let took = match i {
                 0 => plain_loop(&q, n).await,
                 1 => plain_overlapped(&q, n).await,
@@ -248,13 +268,16 @@ async fn main() {
                 4 => apalis_batch(&q, n, 1).await,
                 _ => apalis_batch(&q, n, 2).await,
             };
+            let cpu = cpu_time().saturating_sub(cpu_before);
             drained(q).await;
             println!(
-                "round {round} {case:<40} {n:>8} in {:>7.3} s = {:>9.0} msgs/s",
+                "round {round} {case:<42} {n:>8} in {:>7.3} s = {:>9.0} msgs/s, worker CPU {:>5.2} us/msg",
                 took.as_secs_f64(),
-                n as f64 / took.as_secs_f64()
+                n as f64 / took.as_secs_f64(),
+                cpu.as_secs_f64() * 1e6 / n as f64
             );
             times[i].push(took);
+            cpus[i].push(cpu);
         }
     }
     let median = |v: &mut Vec<Duration>| {
@@ -262,11 +285,14 @@ async fn main() {
         v[v.len() / 2]
     };
     let plain = n as f64 / median(&mut times[0]).as_secs_f64();
-    println!("\n| case (median of {rounds}) | msgs/s | vs plain loop |\n|---|---:|---:|");
-    for (case, t) in CASES.iter().zip(times.iter_mut()) {
+    println!(
+        "\n| case (median of {rounds}) | msgs/s | vs plain loop | worker CPU us/msg |\n|---|---:|---:|---:|"
+    );
+    for ((case, t), c) in CASES.iter().zip(times.iter_mut()).zip(cpus.iter_mut()) {
         let rate = n as f64 / median(t).as_secs_f64();
+        let cpu = median(c).as_secs_f64() * 1e6 / n as f64;
         println!(
-            "| {case} | {rate:.0} | {:+.1}% |",
+            "| {case} | {rate:.0} | {:+.1}% | {cpu:.2} |",
             (rate / plain - 1.0) * 100.0
         );
     }

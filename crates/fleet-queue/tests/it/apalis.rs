@@ -346,3 +346,42 @@ async fn the_in_flight_limit_bounds_tasks_below_the_concurrency_limit() {
     assert!(most.load(Ordering::SeqCst) <= 2, "{most:?}");
     assert_eq!(t.queue.stats().await.unwrap().pending(), 0);
 }
+
+#[tokio::test]
+async fn a_monitor_runs_several_workers_and_shuts_them_down_on_its_signal() {
+    let t = TestQueue::new().await;
+    fill(&t, JOBS, EnqueueOptions::default()).await;
+    let seen = Seen::default();
+    let all_done = Arc::new(tokio::sync::Notify::new());
+    async fn handle(d: Delivery, seen: Data<Seen>, done: Data<Arc<tokio::sync::Notify>>) {
+        if seen.record(d.decode().unwrap()) == JOBS as usize {
+            done.notify_one();
+        }
+    }
+    let (queue, s, done) = (t.queue.clone(), seen.clone(), all_done.clone());
+    // The factory runs again on a restart; each run gets a fresh consumer name.
+    let factory = move |_run: usize| {
+        WorkerBuilder::new("monitored")
+            .backend(StreamsBackend::single(queue.clone(), options(100)))
+            .data(s.clone())
+            .data(done.clone())
+            .concurrency(20)
+            .catch_panic()
+            .build(handle)
+    };
+    Monitor::new()
+        .register(factory.clone())
+        .register(factory)
+        .shutdown_timeout(Duration::from_secs(30))
+        .run_with_signal(async move {
+            all_done.notified().await;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let jobs = seen.jobs.lock().unwrap().clone();
+    assert_eq!(jobs.len(), JOBS as usize);
+    assert_eq!(jobs.iter().collect::<HashSet<_>>().len(), JOBS as usize);
+    let stats = t.queue.stats().await.unwrap();
+    assert_eq!((stats.pending(), stats.delayed, stats.dead), (0, 0, 0));
+}
