@@ -378,6 +378,8 @@ async fn write(
     outcome: &mut BatchOutcome,
 ) -> Result<()> {
     let mut created: HashSet<(String, String)> = HashSet::new();
+    // Messages newly inserted per prospect, to tell which prospects had a duplicate in the batch.
+    let mut inserted: HashMap<(String, String), i64> = HashMap::new();
     if !batch.messages.is_empty() {
         let m = &batch.messages;
         let rows: Vec<(String, String, bool, i64)> =
@@ -400,16 +402,29 @@ async fn write(
         for (tenant, contact, was_created, n) in rows {
             outcome.messages_inserted += u64::try_from(n).unwrap_or(0);
             if was_created {
-                created.insert((tenant, contact));
+                created.insert((tenant.clone(), contact.clone()));
             }
+            inserted.insert((tenant, contact), n);
         }
         outcome.prospects_created = created.iter().cloned().collect();
         outcome.prospects_created.sort_unstable();
     }
 
     if !batch.welcome_candidates.is_empty() {
-        // Claim for created prospects; look up earlier claims for the others' messages.
-        let is_created = |t: &str, c: &str| created.contains(&(t.to_owned(), c.to_owned()));
+        // Claim for created prospects; look up earlier claims only for prospects with a message
+        // that was already stored (a claim's trigger is always a message stored with or before
+        // it, so a message inserted just now cannot be the trigger of an older claim). In the
+        // common case (no redelivery) there is nothing to look up.
+        let key = |t: &str, c: &str| (t.to_owned(), c.to_owned());
+        let is_created = |t: &str, c: &str| created.contains(&key(t, c));
+        let mut in_batch: HashMap<(&str, &str), i64> = HashMap::new();
+        for m in &batch.messages {
+            *in_batch.entry((m.tenant, m.contact)).or_default() += 1;
+        }
+        let had_duplicate = |t: &str, c: &str| {
+            inserted.get(&key(t, c)).copied().unwrap_or(0)
+                < in_batch.get(&(t, c)).copied().unwrap_or(0)
+        };
         let claims: Vec<_> = batch
             .welcome_candidates
             .iter()
@@ -418,7 +433,7 @@ async fn write(
         let lookups: Vec<_> = batch
             .messages
             .iter()
-            .filter(|m| !is_created(m.tenant, m.contact))
+            .filter(|m| !is_created(m.tenant, m.contact) && had_duplicate(m.tenant, m.contact))
             .filter(|m| {
                 batch
                     .welcome_candidates

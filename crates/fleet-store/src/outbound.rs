@@ -136,13 +136,17 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let sent: Vec<_> = rows
+        let mut sent: Vec<_> = rows
             .iter()
             .filter_map(|r| match (&r.state, &r.provider_message_id) {
                 (OutboundState::Sent, Some(id)) => Some((*r, id.as_str())),
                 _ => None,
             })
             .collect();
+        // One log row per provider message id: two jobs reporting the same id (a provider bug)
+        // would otherwise make the status upsert touch a row twice, which Postgres rejects.
+        sent.sort_by(|a, b| (a.0.tenant.as_str(), a.1).cmp(&(b.0.tenant.as_str(), b.1)));
+        sent.dedup_by(|a, b| a.0.tenant == b.0.tenant && a.1 == b.1);
         let mut conn = self.acquire().await?;
         let mut tx = conn.begin().await?;
         sqlx::query(UPSERT_OUTBOUND)

@@ -105,3 +105,19 @@ async fn a_status_that_arrives_before_its_message_is_applied_when_the_message_is
     );
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn two_jobs_reporting_the_same_provider_id_log_one_message() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    store
+        .record_outbound_results(&[
+            record("j1", OutboundState::Sent, 1, Some("wamid.same")),
+            record("j2", OutboundState::Sent, 1, Some("wamid.same")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(snapshot(store, "messages").await.len(), 1);
+    assert_eq!(snapshot(store, "outbound_messages").await.len(), 2);
+    db.cleanup().await;
+}
