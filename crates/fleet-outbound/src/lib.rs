@@ -9,6 +9,6 @@ pub mod twilio;
 pub mod worker;
 
 pub use classify::{Attempt, SendOutcome, TransportError, classify};
-pub use config::OutboundConfig;
+pub use config::{OutboundConfig, SentCheck};
 pub use http::{HttpConfig, build_client};
 pub use worker::run;

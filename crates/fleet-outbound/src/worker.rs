@@ -316,7 +316,7 @@ async fn process(
         return;
     };
 
-    if ctx.config.check_sent {
+    if ctx.config.check_sent.applies(d.attempts) {
         match ctx.store.outbound_sent(d.job_id.as_str()).await {
             Ok(Some(_)) => {
                 // Sent before and recorded (a redelivery after a crash between record and ack).

@@ -162,31 +162,57 @@ async fn refused_credentials_dead_letter_with_reason_auth_and_no_token_in_the_er
     env.stop().await;
 }
 
+fn sent_record(job: &fleet_core::JobId, to: &str) -> OutboundRecord {
+    OutboundRecord {
+        job_id: job.to_string(),
+        tenant: "acme".into(),
+        provider: Provider::Meta,
+        recipient: to.into(),
+        kind: "text".into(),
+        body: Some("once".into()),
+        origin: "api".into(),
+        state: OutboundState::Sent,
+        attempts: 1,
+        last_error: None,
+        provider_message_id: Some("wamid.EARLIER".into()),
+    }
+}
+
 #[tokio::test]
 async fn a_redelivered_job_that_was_already_sent_is_not_sent_again() {
     let mut env = TestEnv::new(MockConfig::default()).await;
-    // The crash this guards against: the send succeeded and was recorded, the process died before
-    // the acknowledgement, and the entry is handed out again.
+    // The crash this guards against: a worker sent the job and recorded it, then died before the
+    // acknowledgement; stalled recovery hands the entry out again (with its attempt counted).
     let job = env
         .enqueue("acme", Provider::Meta, "15550000007", "once")
         .await;
-    env.db
-        .store()
-        .record_outbound_results(&[OutboundRecord {
-            job_id: job.to_string(),
-            tenant: "acme".into(),
-            provider: Provider::Meta,
-            recipient: "15550000007".into(),
-            kind: "text".into(),
-            body: Some("once".into()),
-            origin: "api".into(),
-            state: OutboundState::Sent,
-            attempts: 1,
-            last_error: None,
-            provider_message_id: Some("wamid.EARLIER".into()),
-        }])
+    let mut crashed = env
+        .queue
+        .consumer(fleet_queue::ConsumerOptions {
+            block: std::time::Duration::from_millis(50),
+            ..fleet_queue::ConsumerOptions::new("outbound")
+        })
         .await
         .unwrap();
+    let taken = crashed.next_batch().await.unwrap();
+    assert_eq!(taken.len(), 1);
+    env.db
+        .store()
+        .record_outbound_results(&[sent_record(&job, "15550000007")])
+        .await
+        .unwrap();
+    drop(crashed);
+    let reclaimed = env
+        .queue
+        .reclaim_stalled(
+            fleet_queue::GROUP_DEFAULT,
+            std::time::Duration::ZERO,
+            10,
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reclaimed.requeued, 1, "{reclaimed:?}");
     let fresh = env
         .enqueue("acme", Provider::Meta, "15550000008", "new")
         .await;
@@ -203,6 +229,26 @@ async fn a_redelivered_job_that_was_already_sent_is_not_sent_again() {
         "only the fresh job reached the provider"
     );
     assert_eq!(sent_id(&env, &job).await.as_deref(), Some("wamid.EARLIER"));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn with_check_sent_always_even_a_first_delivery_is_looked_up() {
+    let mut env = TestEnv::new(MockConfig::default()).await;
+    let job = env
+        .enqueue("acme", Provider::Meta, "15550000010", "once")
+        .await;
+    env.db
+        .store()
+        .record_outbound_results(&[sent_record(&job, "15550000010")])
+        .await
+        .unwrap();
+    env.start(fleet_outbound::OutboundConfig {
+        check_sent: fleet_outbound::SentCheck::Always,
+        ..env.config()
+    });
+    eventually("the job is acknowledged", || settled(&env)).await;
+    assert_eq!(env.mock.provider.stats().requests, 0);
     env.stop().await;
 }
 

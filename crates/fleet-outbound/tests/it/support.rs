@@ -56,13 +56,17 @@ pub(crate) struct TestEnv {
     pub(crate) db: TestDb,
     pub(crate) mock: RunningMock,
     pub(crate) tenants: TenantsHandle,
-    pub(crate) shutdown: Option<Shutdown>,
-    worker: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    workers: Vec<(Shutdown, tokio::task::JoinHandle<anyhow::Result<()>>)>,
 }
 
 impl TestEnv {
     /// Everything but the worker.
     pub(crate) async fn new(mock: MockConfig) -> TestEnv {
+        TestEnv::with_rate(mock, 1000).await
+    }
+
+    /// Everything but the worker, with `acme`'s numbers limited to `rate` messages per second.
+    pub(crate) async fn with_rate(mock: MockConfig, rate: u32) -> TestEnv {
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
         let broker = Broker::connect(&redis_url(), &prefix)
             .await
@@ -76,7 +80,7 @@ impl TestEnv {
         })
         .await
         .unwrap();
-        let tenants = TenantsHandle::new(Tenants::parse(&tenants_toml(1000)).unwrap());
+        let tenants = TenantsHandle::new(Tenants::parse(&tenants_toml(rate)).unwrap());
         TestEnv {
             prefix,
             broker,
@@ -84,8 +88,7 @@ impl TestEnv {
             db,
             mock,
             tenants,
-            shutdown: None,
-            worker: None,
+            workers: Vec::new(),
         }
     }
 
@@ -108,19 +111,20 @@ impl TestEnv {
         }
     }
 
-    /// Starts a worker with `config`.
+    /// Starts a worker with `config` (call again for more replicas: each has its own consumer
+    /// name, HTTP client and limiter connection, like separate processes).
     pub(crate) fn start(&mut self, config: OutboundConfig) {
         let shutdown = Shutdown::new();
         let http = fleet_outbound::build_client(&config.http).unwrap();
-        self.worker = Some(tokio::spawn(fleet_outbound::run(
+        let worker = tokio::spawn(fleet_outbound::run(
             config,
             self.broker.clone(),
             self.db.store().clone(),
             self.tenants.clone(),
             http,
             shutdown.clone(),
-        )));
-        self.shutdown = Some(shutdown);
+        ));
+        self.workers.push((shutdown, worker));
     }
 
     pub(crate) async fn enqueue(
@@ -147,8 +151,10 @@ impl TestEnv {
 
     /// Stops the worker (asserting it stopped cleanly) and deletes every key and the database.
     pub(crate) async fn stop(mut self) {
-        if let (Some(s), Some(w)) = (self.shutdown.take(), self.worker.take()) {
+        for (s, _) in &self.workers {
             s.cancel();
+        }
+        for (_, w) in self.workers.drain(..) {
             let res = tokio::time::timeout(Duration::from_secs(15), w)
                 .await
                 .expect("worker stops in time");
