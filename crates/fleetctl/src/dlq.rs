@@ -395,9 +395,9 @@ fn progress(total: u64, ctx: &Ctx) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} dead entries walked ({per_sec}, eta {eta})",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:30} {pos}/{len} dead entries walked, eta {eta}")
+    {
         bar.set_style(style);
     }
     bar

@@ -3,6 +3,7 @@
 //!
 //! Every command goes through the `fleet-queue`, `fleet-store` and `fleet-runtime` APIs the
 //! services use; no key name is built here.
+#![doc = include_str!("../README.md")]
 
 pub mod cli;
 pub mod dash;
