@@ -225,7 +225,8 @@ pub enum DlqCmd {
     /// Dead entries, newest first, with a summary of how many died of what.
     #[command(after_help = "\
 The summary by reason counts the newest --scan-limit dead entries (default 10,000; up to
-1,000,000, about 4 ms of CPU per 1,000) and says when it stopped short. Pages: pass the last id shown as --before to see older entries.
+1,000,000, about 4 ms of CPU per 1,000) and says when it stopped short.
+Pages: pass the last id shown as --before to see older entries.
 
 Examples:
   fleetctl dlq list outbound
