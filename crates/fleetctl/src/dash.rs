@@ -406,7 +406,18 @@ fn render_dead(
 
 async fn sample(broker: &Broker, dash: &mut Dash) {
     match queues::collect(broker).await {
-        Ok(stats) => dash.update(&stats, fleet_queue::now_ms()),
+        Ok(stats) => {
+            dash.update(&stats, fleet_queue::now_ms());
+            // Keep an open dead-letter view live too: one bounded page per tick.
+            if let View::Dead { queue, .. } = &dash.view {
+                let queue = queue.clone();
+                let total = stats.iter().find(|s| s.name == queue).map_or(0, |s| s.dead);
+                match broker.queue(&queue).dead_list(DEAD_VIEW_LIMIT, None).await {
+                    Ok(entries) => dash.show_dead(&queue, entries, total),
+                    Err(e) => dash.fail(format!("cannot read the dead letters: {e}")),
+                }
+            }
+        }
         Err(e) => dash.fail(crate::error_line(&e)),
     }
 }
