@@ -318,7 +318,7 @@ fn render_queues(dash: &Dash, frame: &mut Frame<'_>, area: Rect) {
         Constraint::Length(8),
         Constraint::Length(9),
         Constraint::Length(9),
-        Constraint::Length(9),
+        Constraint::Length(10),
         Constraint::Length(8),
     ];
     let title = format!(" fleet queues · prefix {} ", dash.prefix);
