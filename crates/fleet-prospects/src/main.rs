@@ -92,6 +92,10 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         drained.cancelled(),
     ));
 
+    // Reply rules change without a restart: SIGHUP reloads the tenants file.
+    if let Err(e) = tenants.reload_on_sighup(shutdown.clone()) {
+        tracing::warn!(error = %e, "cannot listen for SIGHUP; tenants reload disabled");
+    }
     let work = tokio::spawn(fleet_prospects::run(
         config,
         broker,
