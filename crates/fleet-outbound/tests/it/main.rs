@@ -3,5 +3,6 @@
 
 mod support;
 
+mod crash;
 mod limits;
 mod sends;
