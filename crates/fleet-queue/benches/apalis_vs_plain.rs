@@ -4,7 +4,8 @@
 //! Run: `cargo bench -p fleet-queue --features apalis --bench apalis_vs_plain` (needs Redis at
 //! `REDIS_URL`, default local). `BENCH_MESSAGES` sets the queue's pre-filled size (default
 //! 200,000), `BENCH_ROUNDS` the rounds (default 3; cases interleave, so a noisy neighbour hurts
-//! every case alike); the median round of each case is reported.
+//! every case alike); the median round of each case is reported. `BENCH_CASES` picks cases by
+//! number (0 to 5, in the order below), the plain loop always included.
 //!
 //! Every case drains its own queue, pre-filled (untimed) with about 200-byte payloads, with one
 //! consumer, and is timed from the first read to the last acknowledgement; each case checks that
@@ -250,6 +251,12 @@ const CASES: [&str; 6] = [
 async fn main() {
     let n = env_usize("BENCH_MESSAGES", 200_000);
     let rounds = env_usize("BENCH_ROUNDS", 3).max(1);
+    // `BENCH_CASES=0,4,5` runs only those cases (numbered as in `CASES`); the plain loop (0) is
+    // always run, as the reference.
+    let only: Option<Vec<usize>> = std::env::var("BENCH_CASES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect());
+    let wanted = |i: usize| i == 0 || only.as_ref().is_none_or(|o| o.contains(&i));
     let prefix = format!("bench-apalis-{}", std::process::id());
     let broker = Broker::connect(&redis_url(), &prefix)
         .await
@@ -257,7 +264,7 @@ async fn main() {
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); CASES.len()];
     let mut cpus: Vec<Vec<Duration>> = vec![Vec::new(); CASES.len()];
     for round in 1..=rounds {
-        for (i, case) in CASES.iter().enumerate() {
+        for (i, case) in CASES.iter().enumerate().filter(|(i, _)| wanted(*i)) {
             let q = filled(&broker, &format!("case{i}"), n).await;
             let cpu_before = cpu_time();
             let took = match i {
@@ -289,6 +296,9 @@ async fn main() {
         "\n| case (median of {rounds}) | msgs/s | vs plain loop | worker CPU us/msg |\n|---|---:|---:|---:|"
     );
     for ((case, t), c) in CASES.iter().zip(times.iter_mut()).zip(cpus.iter_mut()) {
+        if t.is_empty() {
+            continue;
+        }
         let rate = n as f64 / median(t).as_secs_f64();
         let cpu = median(c).as_secs_f64() * 1e6 / n as f64;
         println!(

@@ -24,6 +24,9 @@ pub struct GroupStats {
     pub pending: u64,
     /// Id of the last entry delivered.
     pub last_delivered_id: String,
+    /// Entries delivered to this group since the stream began (`entries-read`): successive
+    /// samples give the group's exact read rate, unaffected by trimming.
+    pub entries_read: Option<u64>,
     /// Consumers in the group.
     pub consumers: u64,
 }
@@ -179,6 +182,7 @@ impl Queue {
                                 .and_then(text_of)
                                 .unwrap_or_else(|| "0-0".into()),
                             consumers: as_u64(m.get("consumers")).unwrap_or(0),
+                            entries_read: as_u64(m.get("entries-read")),
                         }
                     })
                     .collect(),
@@ -249,6 +253,11 @@ impl Queue {
             paused,
             consumers: distinct.len() as u64,
         })
+    }
+
+    /// Entries in the dead-letter stream (one `XLEN`).
+    pub async fn dead_len(&self) -> Result<u64> {
+        Ok(self.broker.client().xlen(self.keys.dead()).await?)
     }
 
     /// The consumers of every group on every stream, with pending counts and idle times.
