@@ -50,3 +50,33 @@ async fn migrate_creates_the_database_and_is_idempotent() {
 }
 
 use sqlx::Connection as _;
+
+#[tokio::test]
+async fn concurrent_migrations_of_a_missing_database_both_succeed() {
+    let db = TestDb::new().await;
+    let fresh = format!("{}_race", db.name());
+    let url = db.url().replace(db.name(), &fresh);
+    let a = Store::connect(&url, &PoolOptions::default()).unwrap();
+    let b = Store::connect(&url, &PoolOptions::default()).unwrap();
+    // Two workers started with --migrate at once: one creates, both migrate, neither fails.
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.unwrap();
+    rb.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(a.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, fleet_store::MIGRATOR.iter().count());
+    a.close().await;
+    b.close().await;
+
+    let mut admin = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    sqlx::Executor::execute(
+        &mut admin,
+        sqlx::AssertSqlSafe(format!("DROP DATABASE \"{fresh}\" WITH (FORCE)")),
+    )
+    .await
+    .unwrap();
+    sqlx::Connection::close(admin).await.unwrap();
+    db.cleanup().await;
+}
