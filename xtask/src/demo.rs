@@ -64,6 +64,9 @@ pub(crate) struct DemoArgs {
     /// Use debug builds instead of release ones (faster to build, slower to run).
     #[arg(long)]
     debug: bool,
+    /// Use the binaries already built instead of building them first.
+    #[arg(long)]
+    no_build: bool,
     /// Consumer loops of the prospects worker.
     #[arg(long, default_value_t = 2)]
     prospects_consumers: usize,
@@ -363,6 +366,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         keep_running,
         debug,
         prospects_consumers,
+        no_build,
     } = args;
     let interrupted = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -378,16 +382,18 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
 
     // Build.
     let profile = if debug { "debug" } else { "release" };
-    eprintln!("demo: building the {profile} binaries (the first build takes a few minutes)");
-    let mut build = crate::cargo();
-    build.current_dir(&root).arg("build");
-    if !debug {
-        build.arg("--release");
+    if !no_build {
+        eprintln!("demo: building the {profile} binaries (the first build takes a few minutes)");
+        let mut build = crate::cargo();
+        build.current_dir(&root).arg("build");
+        if !debug {
+            build.arg("--release");
+        }
+        for b in BINARIES {
+            build.args(["-p", b]);
+        }
+        crate::run(build)?;
     }
-    for b in BINARIES {
-        build.args(["-p", b]);
-    }
-    crate::run(build)?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root.join("target"), PathBuf::from)
         .join(profile);
