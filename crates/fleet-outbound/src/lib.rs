@@ -12,3 +12,47 @@ pub use classify::{Attempt, SendOutcome, TransportError, classify};
 pub use config::{OutboundConfig, SentCheck};
 pub use http::{HttpConfig, build_client};
 pub use worker::run;
+
+/// Registers the HELP text of every metric this crate emits (call once, after installing the
+/// recorder).
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "fleet_outbound_sends_total",
+        "Send attempts by provider and outcome."
+    );
+    describe_histogram!(
+        "fleet_outbound_send_duration_seconds",
+        Unit::Seconds,
+        "Duration of one provider call."
+    );
+    describe_counter!(
+        "fleet_outbound_auth_failures_total",
+        "Sends refused because of the tenant's credentials; alert on any increase."
+    );
+    describe_counter!(
+        "fleet_outbound_deferred_total",
+        "Jobs deferred without an attempt, by reason (sender, recipient, ledger, limiter)."
+    );
+    describe_counter!(
+        "fleet_outbound_dead_lettered_total",
+        "Jobs dead-lettered by the worker, by reason."
+    );
+    describe_counter!(
+        "fleet_outbound_already_sent_total",
+        "Redelivered jobs found already sent and acknowledged without a send."
+    );
+    describe_counter!(
+        "fleet_outbound_record_failures_total",
+        "Failed writes of send results to Postgres."
+    );
+    describe_histogram!(
+        "fleet_outbound_record_duration_seconds",
+        Unit::Seconds,
+        "Duration of one batch write of send results."
+    );
+    describe_gauge!(
+        "fleet_outbound_in_flight",
+        "Send tasks in flight in this process."
+    );
+}

@@ -63,6 +63,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
 
     fleet_runtime::init_tracing(common.log_format);
     let metrics = fleet_runtime::install_metrics();
+    fleet_outbound::describe_metrics();
     let shutdown = Shutdown::new();
     shutdown.cancel_on_signal();
 
@@ -126,5 +127,17 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         Ok(Err(join)) => Err(anyhow::anyhow!("worker task failed: {join}")),
         // Timed out: unacknowledged entries are redelivered; exit anyway.
         Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
     }
 }

@@ -172,8 +172,6 @@ pub async fn run(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break 'read;
             };
-            metrics::gauge!("fleet_outbound_in_flight")
-                .set((ctx.config.concurrency - permits.available_permits()) as f64);
             tasks.spawn(process(ctx.clone(), delivery, permit, record_tx.clone()));
         }
     }
@@ -277,6 +275,7 @@ async fn process(
     record_tx: mpsc::Sender<Recorded>,
 ) {
     let _permit = permit;
+    let _in_flight = InFlight::enter();
     let c = &ctx.settler;
     let message: OutboundMessage = match d.decode() {
         Ok(m) => m,
@@ -423,6 +422,22 @@ async fn process(
             )
             .await;
         }
+    }
+}
+
+/// Counts a send task in `fleet_outbound_in_flight` for as long as it lives (abort included).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!("fleet_outbound_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("fleet_outbound_in_flight").decrement(1.0);
     }
 }
 

@@ -181,14 +181,14 @@ pub(crate) async fn delete_keys(prefix: &str) {
     let _ = client.quit().await;
 }
 
-/// Polls `check` every 10 ms until it holds, failing after 15 s. Waiting on a condition, not on
+/// Polls `check` every 10 ms until it holds, failing after 30 s. Waiting on a condition, not on
 /// time: the test goes on the moment the condition is met.
 pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !check().await {
         assert!(
             tokio::time::Instant::now() < deadline,
