@@ -280,7 +280,8 @@ async fn process(
     let message: OutboundMessage = match d.decode() {
         Ok(m) => m,
         Err(e) => {
-            settle_dead(c, &d, "decode", &e.to_string()).await;
+            // A decode error may quote the field it choked on (a number): masked like provider text.
+            settle_dead(c, &d, "decode", &crate::classify::mask(&e.to_string())).await;
             return;
         }
     };
