@@ -145,9 +145,16 @@ async fn refused_credentials_dead_letter_with_reason_auth_and_no_token_in_the_er
         .await;
     env.enqueue("nobody", Provider::Meta, "15550000006", "hi")
         .await;
+    env.queue
+        .enqueue(
+            &"not an outbound message",
+            &fleet_core::EnqueueOptions::default(),
+        )
+        .await
+        .unwrap();
 
-    eventually("both jobs are dead", || async {
-        env.queue.stats().await.unwrap().dead == 2
+    eventually("the three jobs are dead", || async {
+        env.queue.stats().await.unwrap().dead == 3
     })
     .await;
     let dead = env.queue.dead_list(10, None).await.unwrap();
@@ -158,6 +165,7 @@ async fn refused_credentials_dead_letter_with_reason_auth_and_no_token_in_the_er
     assert!(auth.error.contains("190"), "{}", auth.error);
     assert!(!auth.error.contains("meta-token-wrong"));
     assert!(dead.iter().any(|d| d.reason == "unknown_tenant"));
+    assert!(dead.iter().any(|d| d.reason == "decode"));
     assert_eq!(env.mock.provider.stats().rejected.auth, 1);
     env.stop().await;
 }
