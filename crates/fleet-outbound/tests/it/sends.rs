@@ -304,3 +304,35 @@ async fn a_second_message_to_the_same_recipient_waits_for_the_pair_rate() {
     assert_eq!(stats.recipient_violations, 0);
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_provider_that_does_not_answer_in_time_is_retried() {
+    let mut env = TestEnv::new(MockConfig {
+        timeout_hang_ms: 10_000,
+        ..MockConfig::default()
+    })
+    .await;
+    env.mock.provider.push_faults([Fault::Timeout]);
+    let mut config = env.config();
+    config.http.request_timeout_ms = 300;
+    env.start(config);
+    let job = env
+        .enqueue("acme", Provider::Meta, "15550000011", "hi")
+        .await;
+    eventually("the timed-out send waits for a retry", || async {
+        env.queue.stats().await.unwrap().delayed == 1
+    })
+    .await;
+    assert_eq!(
+        env.queue.promote_due(now_ms() + 1_100, 10).await.unwrap(),
+        1
+    );
+    eventually("the retry is sent", || async {
+        sent_id(&env, &job).await.is_some()
+    })
+    .await;
+    let stats = env.mock.provider.stats();
+    assert_eq!(stats.rejected.timeout, 1);
+    assert_eq!(stats.deliveries, 1);
+    env.stop().await;
+}
