@@ -51,6 +51,10 @@ pub fn describe() {
         EVENTS_TOTAL,
         "Events handed to a queue, by provider and outcome."
     );
+    metrics::describe_histogram!(
+        ENQUEUE_BATCH_SIZE,
+        "Events per enqueue call (concurrent requests share one)."
+    );
     metrics::describe_counter!(
         OTHER_FIELDS_TOTAL,
         "Meta changes of fields other than messages (not enqueued)."
