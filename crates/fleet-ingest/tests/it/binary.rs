@@ -199,6 +199,34 @@ async fn the_binary_serves_a_signed_webhook_and_stops_on_sigterm() {
         !page.contains("16505551234") && !page.contains(META_SECRET),
         "no PII or secret in metrics"
     );
+    assert!(
+        !page
+            .lines()
+            .any(|l| l.starts_with("# HELP fleet_ingest_") && l.contains("Undocumented")),
+        "every ingest metric has its HELP line: {page}"
+    );
+    // The contract requires `promtool check metrics` to pass; checked where promtool is installed.
+    if let Ok(mut promtool) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(page.as_bytes())
+            .unwrap();
+        let out = promtool.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     let status = ingest.terminate();
     assert_eq!(status.code(), Some(0), "graceful exit on SIGTERM");
