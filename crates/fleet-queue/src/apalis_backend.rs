@@ -7,7 +7,8 @@
 //! [`StreamsBackend::batch`] one `Vec<Delivery>` per task (the whole batch read). The backend's
 //! middleware ([`SettleLayer`]) wraps every user layer, so it sees the handler's result after
 //! `catch_panic` and `timeout` turned a panic or an expiry into an error, and settles:
-//! `Ok` acknowledges; a [`JobError`] does what it says (retry through the delayed set, dead
+//! `Ok` acknowledges (a batch handler may return a [`BatchOutcome`] to fail some deliveries of
+//! its batch and acknowledge the rest); a [`JobError`] does what it says (retry through the delayed set, dead
 //! letter, defer); any other error (a caught panic, a timeout, a handler's own error) is a retry
 //! with the job's backoff.
 //!
@@ -16,6 +17,7 @@
 //! concurrency permit is released before the settlement runs.
 
 use std::{
+    any::Any,
     collections::VecDeque,
     marker::PhantomData,
     sync::{
@@ -420,7 +422,7 @@ where
     S: Service<Task<M::Args>>,
     S::Future: Send + 'static,
     S::Error: Into<BoxDynError>,
-    S::Response: Send + 'static,
+    S::Response: Send + Sync + 'static,
 {
     type Response = S::Response;
     type Error = BoxDynError;
@@ -450,7 +452,7 @@ where
             let consumer = settler.get().ok_or("settling consumer missing")?;
             // A settle that fails (Redis away) leaves the entries pending: the scheduler's
             // reclaim hands them out again after the lease, so nothing is lost.
-            settle(consumer, &deliveries, result.as_ref().err()).await?;
+            settle(consumer, &deliveries, &result).await?;
             drop(permit);
             result
         }
@@ -458,12 +460,60 @@ where
     }
 }
 
-/// Acknowledges, retries, dead-letters or defers `deliveries` by the handler's error (`None`:
-/// success).
-async fn settle(c: &Consumer, deliveries: &[Delivery], error: Option<&BoxDynError>) -> Result<()> {
-    let Some(error) = error else {
-        c.ack(&deliveries.iter().collect::<Vec<_>>()).await?;
-        return Ok(());
+/// What a batch handler returns when some deliveries of its batch failed and the others did not:
+/// the failed ones are settled by their [`JobError`], the rest acknowledged. (Returning `Err`
+/// settles the whole batch alike.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    failed: Vec<(String, JobError)>,
+}
+
+impl BatchOutcome {
+    /// An outcome where everything succeeded so far.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Marks one delivery of the batch as failed.
+    pub fn fail(&mut self, delivery: &Delivery, error: JobError) {
+        self.failed.push((delivery.stream_id.clone(), error));
+    }
+
+    /// The deliveries marked as failed so far.
+    pub fn failed(&self) -> usize {
+        self.failed.len()
+    }
+
+    fn error_of(&self, d: &Delivery) -> Option<&JobError> {
+        self.failed
+            .iter()
+            .find(|(id, _)| *id == d.stream_id)
+            .map(|(_, e)| e)
+    }
+}
+
+/// Settles `deliveries` by the handler's result: acknowledges on success, except the deliveries a
+/// [`BatchOutcome`] marks as failed; on an error, retries, dead-letters or defers every one.
+async fn settle<R: Sync + 'static>(
+    c: &Consumer,
+    deliveries: &[Delivery],
+    result: &Result<R, BoxDynError>,
+) -> Result<()> {
+    let error = match result {
+        Ok(response) => {
+            let outcome = (response as &dyn Any).downcast_ref::<BatchOutcome>();
+            let (failed, done): (Vec<&Delivery>, Vec<&Delivery>) = deliveries
+                .iter()
+                .partition(|d| outcome.is_some_and(|o| o.error_of(d).is_some()));
+            c.ack(&done).await?;
+            for d in failed {
+                if let Some(e) = outcome.and_then(|o| o.error_of(d)) {
+                    apply(c, d, e).await?;
+                }
+            }
+            return Ok(());
+        }
+        Err(error) => error,
     };
     let action = error
         .downcast_ref::<JobError>()
@@ -473,16 +523,21 @@ async fn settle(c: &Consumer, deliveries: &[Delivery], error: Option<&BoxDynErro
             error: error.to_string(),
         });
     for d in deliveries {
-        match &action {
-            JobError::Retry { after, error } => {
-                c.retry(d, *after, error).await?;
-            }
-            JobError::Fatal { reason, error } => {
-                c.dead_letter(d, reason, error).await?;
-            }
-            JobError::Defer(delay) => {
-                c.defer(d, *delay).await?;
-            }
+        apply(c, d, &action).await?;
+    }
+    Ok(())
+}
+
+async fn apply(c: &Consumer, d: &Delivery, action: &JobError) -> Result<()> {
+    match action {
+        JobError::Retry { after, error } => {
+            c.retry(d, *after, error).await?;
+        }
+        JobError::Fatal { reason, error } => {
+            c.dead_letter(d, reason, error).await?;
+        }
+        JobError::Defer(delay) => {
+            c.defer(d, *delay).await?;
         }
     }
     Ok(())

@@ -15,7 +15,7 @@ use apalis::prelude::*;
 use fleet_core::{Backoff, EnqueueOptions};
 use fleet_queue::{
     ConsumerOptions, Delivery, PriorityMode, RetryAfter,
-    apalis_backend::{JobError, StreamsBackend},
+    apalis_backend::{BatchOutcome, JobError, StreamsBackend},
 };
 
 use crate::support::TestQueue;
@@ -384,4 +384,50 @@ async fn a_monitor_runs_several_workers_and_shuts_them_down_on_its_signal() {
     assert_eq!(jobs.iter().collect::<HashSet<_>>().len(), JOBS as usize);
     let stats = t.queue.stats().await.unwrap();
     assert_eq!((stats.pending(), stats.delayed, stats.dead), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_batch_outcome_settles_its_failures_one_by_one_and_acks_the_rest() {
+    let t = TestQueue::new().await;
+    fill(&t, 10, slow_retries()).await;
+    async fn handle(batch: Vec<Delivery>, w: WorkerContext) -> Result<BatchOutcome, JobError> {
+        let mut outcome = BatchOutcome::new();
+        for d in &batch {
+            match d.decode::<u32>().unwrap() {
+                3 => outcome.fail(
+                    d,
+                    JobError::Fatal {
+                        reason: "rejected".into(),
+                        error: "bad row".into(),
+                    },
+                ),
+                5 => outcome.fail(
+                    d,
+                    JobError::Retry {
+                        after: RetryAfter::Backoff,
+                        error: "deadlock".into(),
+                    },
+                ),
+                _ => {}
+            }
+        }
+        w.stop().unwrap();
+        Ok(outcome)
+    }
+    WorkerBuilder::new("outcome")
+        .backend(StreamsBackend::batch(t.queue.clone(), options(10)))
+        .concurrency(1)
+        .build(handle)
+        .run()
+        .await
+        .unwrap();
+    let stats = t.queue.stats().await.unwrap();
+    assert_eq!((stats.pending(), stats.delayed, stats.dead), (0, 1, 1));
+    let dead = t.queue.dead_list(10, None).await.unwrap();
+    assert_eq!(
+        (dead[0].reason.as_str(), dead[0].error.as_str()),
+        ("rejected", "bad row")
+    );
+    let again = next_attempt(&t).await;
+    assert_eq!((again.decode::<u32>().unwrap(), again.attempts), (5, 1));
 }
