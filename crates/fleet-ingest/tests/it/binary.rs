@@ -228,6 +228,43 @@ async fn the_binary_serves_a_signed_webhook_and_stops_on_sigterm() {
         );
     }
 
+    // SIGHUP reloads the tenants file: a tenant added to it is served without a restart.
+    let added = TENANTS.to_owned()
+        + "\n[[tenant]]\nid = \"late\"\napi_token = \"late-token\"\n[tenant.meta]\napp_secret = \"test_app_secret\"\n\
+           verify_token = \"v\"\nphone_number_id = \"300\"\naccess_token = \"a\"\n";
+    std::fs::write(&ingest.tenants, added).unwrap();
+    let late = meta_text_body(&["wamid.LATE1"]);
+    let late_sig = fleet_ingest::meta::sign(META_SECRET.as_bytes(), &late);
+    let post_late = || {
+        http(
+            ingest.ingest,
+            "POST",
+            "/webhooks/meta/late",
+            &[("X-Hub-Signature-256", &late_sig)],
+            &late,
+        )
+        .0
+    };
+    assert_eq!(post_late(), 404, "not a tenant before the reload");
+    let pid = ingest.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The reload runs on the binary's own task; wait for it, bounded.
+    let mut status = 0;
+    for _ in 0..200 {
+        status = post_late();
+        if status != 404 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(status, 200, "served after SIGHUP");
+
     let status = ingest.terminate();
     assert_eq!(status.code(), Some(0), "graceful exit on SIGTERM");
     cleanup(prefix);
