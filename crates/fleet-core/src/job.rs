@@ -1,7 +1,11 @@
 //! What a producer says about a job: its id and its enqueue options.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::{Backoff, Priority};
@@ -12,9 +16,19 @@ use crate::{Backoff, Priority};
 pub struct JobId(pub String);
 
 impl JobId {
-    /// A fresh id.
+    /// A fresh id: the current Unix millisecond and 74 random bits.
+    ///
+    /// The random bits come from the thread-local generator rather than the operating system
+    /// (`Uuid::now_v7` makes one `getrandom` system call per id, a measurable cost at tens of
+    /// thousands of jobs per second). Ids of one millisecond are unique but not ordered among
+    /// themselves; nothing relies on that order.
     pub fn new() -> Self {
-        JobId(uuid::Uuid::now_v7().to_string())
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Self::from_parts(ms, rand::rng().random())
+    }
+
+    fn from_parts(unix_ms: u64, random: [u8; 10]) -> Self {
+        JobId(uuid::Builder::from_unix_timestamp_millis(unix_ms, &random).into_uuid().to_string())
     }
 
     /// The id as text.
@@ -91,10 +105,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn job_ids_are_unique_and_time_ordered() {
-        let a = JobId::new();
-        let b = JobId::new();
-        assert_ne!(a, b);
-        assert!(a < b, "UUIDv7 ids sort by creation time");
+    fn job_ids_are_unique_and_sort_by_millisecond() {
+        let ids: std::collections::HashSet<_> = (0..10_000).map(|_| JobId::new()).collect();
+        assert_eq!(ids.len(), 10_000);
+        let earlier = JobId::from_parts(1_700_000_000_000, [0xff; 10]);
+        let later = JobId::from_parts(1_700_000_000_001, [0; 10]);
+        assert!(earlier < later, "UUIDv7 ids sort by their millisecond");
+        assert_eq!(uuid::Uuid::parse_str(later.as_str()).unwrap().get_version_num(), 7);
     }
 }

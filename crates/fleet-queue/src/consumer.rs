@@ -173,11 +173,34 @@ pub enum RetryOutcome {
 }
 
 /// A consumer of one queue. Not `Clone`: each concurrent reader gets its own (with its own name).
+/// Settling (ack, retry, defer, dead-letter) goes through a [`Settler`], which is `Clone`, so
+/// tasks can settle their deliveries while the consumer reads the next batch.
 pub struct Consumer {
     queue: Queue,
     options: ConsumerOptions,
     blocking: Client,
     stream_names: Vec<Value>,
+    settler: Settler,
+}
+
+/// Settles deliveries of one consumer group: cheap to clone, shares the process's connection.
+#[derive(Clone, Debug)]
+pub struct Settler {
+    queue: Queue,
+    group: std::sync::Arc<str>,
+    dead_letter_cap: u64,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        // The blocking connection is this consumer's own: close it, or Redis keeps it open.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let client = self.blocking.clone();
+            handle.spawn(async move {
+                let _ = client.quit().await;
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for Consumer {
@@ -219,11 +242,17 @@ impl Consumer {
             .iter()
             .map(|s| s.as_str().into())
             .collect();
+        let settler = Settler {
+            queue: queue.clone(),
+            group: options.group.as_str().into(),
+            dead_letter_cap: options.dead_letter_cap,
+        };
         Ok(Consumer {
             queue,
             options,
             blocking,
             stream_names,
+            settler,
         })
     }
 
@@ -235,6 +264,36 @@ impl Consumer {
     /// This consumer's options.
     pub fn options(&self) -> &ConsumerOptions {
         &self.options
+    }
+
+    /// A clonable handle that settles this consumer's deliveries.
+    pub fn settler(&self) -> Settler {
+        self.settler.clone()
+    }
+
+    /// Acknowledges deliveries: one round trip for the whole slice. See [`Settler::ack`].
+    pub async fn ack(&self, deliveries: &[&Delivery]) -> Result<u64> {
+        self.settler.ack(deliveries).await
+    }
+
+    /// Records a failed attempt. See [`Settler::retry`].
+    pub async fn retry(
+        &self,
+        d: &Delivery,
+        after: RetryAfter,
+        error: &str,
+    ) -> Result<RetryOutcome> {
+        self.settler.retry(d, after, error).await
+    }
+
+    /// Delays a job without counting an attempt. See [`Settler::defer`].
+    pub async fn defer(&self, d: &Delivery, delay: Duration) -> Result<bool> {
+        self.settler.defer(d, delay).await
+    }
+
+    /// Dead-letters a job. See [`Settler::dead_letter`].
+    pub async fn dead_letter(&self, d: &Delivery, reason: &str, error: &str) -> Result<bool> {
+        self.settler.dead_letter(d, reason, error).await
     }
 
     /// Waits for the next batch: up to `batch_size` entries, or what arrived within `linger` of
@@ -384,14 +443,17 @@ impl Consumer {
                         fields_out.push(Value::Bytes(k.clone().into()));
                         fields_out.push(Value::Bytes(v.clone().into()));
                     }
-                    self.dead_letter_raw(priority, &stream_id, "poison", &why, fields_out)
+                    self.settler
+                        .dead_letter_raw(priority, &stream_id, "poison", &why, fields_out)
                         .await?;
                 }
             }
         }
         Ok(out)
     }
+}
 
+impl Settler {
     /// Acknowledges deliveries: one round trip for the whole slice.
     pub async fn ack(&self, deliveries: &[&Delivery]) -> Result<u64> {
         if deliveries.is_empty() {
@@ -400,10 +462,8 @@ impl Consumer {
         // One XACK per priority level present, all in one round trip.
         let mut commands = Vec::new();
         for p in Priority::ALL {
-            let mut args: Vec<Value> = vec![
-                self.queue.keys.stream(p).into(),
-                self.options.group.as_str().into(),
-            ];
+            let mut args: Vec<Value> =
+                vec![self.queue.keys.stream(p).into(), Value::from(&*self.group)];
             args.extend(
                 deliveries
                     .iter()
@@ -485,7 +545,7 @@ impl Consumer {
             self.queue.keys.delayed(),
         ];
         let args: Vec<Value> = vec![
-            self.options.group.as_str().into(),
+            Value::from(&*self.group),
             d.stream_id.as_str().into(),
             (due as i64).into(),
             job.delayed_member(d.priority),
@@ -522,9 +582,9 @@ impl Consumer {
         // Errors are cut to a bounded length: a dead letter must not carry a megabyte of HTML.
         let error: String = error.chars().take(2_000).collect();
         let mut args: Vec<Value> = vec![
-            self.options.group.as_str().into(),
+            Value::from(&*self.group),
             stream_id.into(),
-            (self.options.dead_letter_cap as i64).into(),
+            (self.dead_letter_cap as i64).into(),
             "reason".into(),
             reason.into(),
             "error".into(),

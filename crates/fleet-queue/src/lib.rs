@@ -17,7 +17,7 @@ mod queue;
 pub use broker::{Broker, COMMAND_BUFFER_LIMIT, COMMAND_TIMEOUT_DEFAULT};
 pub use consumer::{
     Consumer, ConsumerOptions, DEAD_LETTER_CAP_DEFAULT, Delivery, GROUP_DEFAULT, PriorityMode,
-    RetryAfter, RetryOutcome, unique_consumer_name,
+    RetryAfter, RetryOutcome, Settler, unique_consumer_name,
 };
 pub use dlq::{DeadEntry, REPLAY_CHUNK};
 pub use entry::StoredJob;
