@@ -42,7 +42,7 @@ use apalis_core::{
 use futures::{FutureExt, future::BoxFuture};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{Consumer, ConsumerOptions, Delivery, Error, Queue, Result, RetryAfter};
+use crate::{Consumer, ConsumerOptions, Delivery, Error, Queue, Result, RetryAfter, Settler};
 
 /// How a handler asks for a failed job to be settled. Any other error is a retry with backoff.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,17 +123,17 @@ impl Mode for Batch {
     }
 }
 
-type ReadResult = (Consumer, Result<Vec<Delivery>>);
+type ReadResult = (Box<Consumer>, Result<Vec<Delivery>>);
 
 /// Where the reading side is.
 enum Reader {
     /// Nothing created yet (consumers are made on first poll, so a `Monitor` factory can build the
     /// backend synchronously on every restart).
     Start,
-    /// Creating the reading and the settling consumer.
+    /// Creating the consumer.
     Connecting(BoxFuture<'static, Result<Consumer>>),
-    /// Between reads.
-    Idle(Consumer),
+    /// Between reads. Boxed: a `Consumer` is large next to the other states.
+    Idle(Box<Consumer>),
     /// A read in flight; it owns the consumer and gives it back.
     Reading(BoxFuture<'static, ReadResult>),
     /// Closing: giving back what was read but never started.
@@ -149,8 +149,9 @@ pub struct StreamsBackend<M: Mode> {
     reader: Reader,
     buffer: VecDeque<Delivery>,
     /// Settles (ack, retry, dead letter, defer) from the middleware while the reader is blocked
-    /// in a read: `Consumer::next_batch` takes `&mut self`, so settling needs its own handle.
-    settler: Arc<OnceLock<Consumer>>,
+    /// in a read: the reading consumer's [`Settler`], shared once that consumer exists (the
+    /// middleware is built before the first poll creates it). No connection of its own.
+    settler: Arc<OnceLock<Settler>>,
     closing: Arc<AtomicBool>,
     in_flight: usize,
     _mode: PhantomData<M>,
@@ -208,7 +209,7 @@ impl<M: Mode> StreamsBackend<M> {
         self
     }
 
-    fn read(&self, mut consumer: Consumer) -> BoxFuture<'static, ReadResult> {
+    fn read(&self, mut consumer: Box<Consumer>) -> BoxFuture<'static, ReadResult> {
         let closing = self.closing.clone();
         async move {
             // A lost Redis must not end the worker: wait and retry with capped backoff.
@@ -252,10 +253,11 @@ impl<M: Mode> Backend for StreamsBackend<M> {
                     let settler = self.settler.clone();
                     self.reader = Reader::Connecting(
                         async move {
-                            if settler.get().is_none() {
-                                let _ = settler.set(queue.consumer(options.clone()).await?);
-                            }
-                            queue.consumer(options).await
+                            let consumer = queue.consumer(options).await?;
+                            // Set at most once; a consumer re-made after a failed connect has the
+                            // same queue and group, so the first settler stays valid.
+                            let _ = settler.set(consumer.settler());
+                            Ok(consumer)
                         }
                         .boxed(),
                     );
@@ -265,7 +267,7 @@ impl<M: Mode> Backend for StreamsBackend<M> {
                         self.reader = Reader::Connecting(connecting);
                         return Poll::Pending;
                     }
-                    Poll::Ready(Ok(consumer)) => self.reader = Reader::Idle(consumer),
+                    Poll::Ready(Ok(consumer)) => self.reader = Reader::Idle(Box::new(consumer)),
                     Poll::Ready(Err(e)) => {
                         self.reader = Reader::Start;
                         return Poll::Ready(Some(Err(e)));
@@ -363,7 +365,7 @@ impl<M: Mode> BackendConfig for StreamsBackend<M> {
 /// The backend's middleware: settles each task from its result. apalis places it outside every
 /// user layer, so it sees caught panics and timeouts as errors.
 pub struct SettleLayer<M> {
-    settler: Arc<OnceLock<Consumer>>,
+    settler: Arc<OnceLock<Settler>>,
     permits: Arc<Semaphore>,
     _mode: PhantomData<fn() -> M>,
 }
@@ -402,7 +404,7 @@ impl<S, M> Layer<S> for SettleLayer<M> {
 /// The service [`SettleLayer`] makes.
 pub struct SettleService<S, M> {
     inner: S,
-    settler: Arc<OnceLock<Consumer>>,
+    settler: Arc<OnceLock<Settler>>,
     permits: Arc<Semaphore>,
     acquiring: Option<BoxFuture<'static, OwnedSemaphorePermit>>,
     /// Taken by `poll_ready`, held by the task until it is settled.
@@ -449,10 +451,10 @@ where
         async move {
             let result = handled.await.map_err(Into::into);
             // Set before the backend yields its first task, so always there.
-            let consumer = settler.get().ok_or("settling consumer missing")?;
+            let settler = settler.get().ok_or("settler missing")?;
             // A settle that fails (Redis away) leaves the entries pending: the scheduler's
             // reclaim hands them out again after the lease, so nothing is lost.
-            settle(consumer, &deliveries, &result).await?;
+            settle(settler, &deliveries, &result).await?;
             drop(permit);
             result
         }
@@ -495,7 +497,7 @@ impl BatchOutcome {
 /// Settles `deliveries` by the handler's result: acknowledges on success, except the deliveries a
 /// [`BatchOutcome`] marks as failed; on an error, retries, dead-letters or defers every one.
 async fn settle<R: Sync + 'static>(
-    c: &Consumer,
+    c: &Settler,
     deliveries: &[Delivery],
     result: &Result<R, BoxDynError>,
 ) -> Result<()> {
@@ -528,7 +530,7 @@ async fn settle<R: Sync + 'static>(
     Ok(())
 }
 
-async fn apply(c: &Consumer, d: &Delivery, action: &JobError) -> Result<()> {
+async fn apply(c: &Settler, d: &Delivery, action: &JobError) -> Result<()> {
     match action {
         JobError::Retry { after, error } => {
             c.retry(d, *after, error).await?;
