@@ -199,6 +199,11 @@ impl Inner {
         let latency = s.config.latency.sample(&mut rng);
         let hang = Duration::from_millis(s.config.timeout_hang_ms);
 
+        // Bad credentials are refused before anything else, and do not use up a scripted fault.
+        if !req.auth_ok {
+            s.stats.rejected.auth += 1;
+            return (Verdict::Auth, latency);
+        }
         let fault = s.script.pop_front().unwrap_or_else(|| {
             let f = &s.config.faults;
             if rng.random_bool(f.rate_limited.clamp(0.0, 1.0)) {
@@ -215,7 +220,7 @@ impl Inner {
                 Fault::Ok
             }
         });
-        if !req.auth_ok || fault == Fault::Auth {
+        if fault == Fault::Auth {
             s.stats.rejected.auth += 1;
             return (Verdict::Auth, latency);
         }

@@ -336,3 +336,68 @@ async fn a_provider_that_does_not_answer_in_time_is_retried() {
     assert_eq!(stats.deliveries, 1);
     env.stop().await;
 }
+
+/// A `Write` into a shared buffer, for capturing log output.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_never_carry_tokens_or_recipient_numbers() {
+    // The test runtime is single-threaded, so a thread-local subscriber sees every task's events.
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut env = TestEnv::new(MockConfig::default()).await;
+    env.mock
+        .provider
+        .push_faults([Fault::ServerError, Fault::Permanent]);
+    env.start(env.config());
+    env.enqueue("acme", Provider::Meta, "15557770001", "a")
+        .await;
+    env.enqueue("acme", Provider::Meta, "15557770002", "b")
+        .await;
+    eventually("one retry, one dead letter", || async {
+        let s = env.queue.stats().await.unwrap();
+        s.dead == 1 && s.delayed == 1
+    })
+    .await;
+    env.enqueue("badauth", Provider::Meta, "15557770003", "c")
+        .await;
+    let ok = env
+        .enqueue("acme", Provider::Twilio, "15557770004", "d")
+        .await;
+    eventually("everything settled", || async {
+        let s = env.queue.stats().await.unwrap();
+        s.dead == 2 && sent_id(&env, &ok).await.is_some()
+    })
+    .await;
+    env.stop().await;
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("dead-lettered"), "the capture works: {logs}");
+    assert!(logs.contains("refused the tenant's credentials"));
+    for secret in [
+        crate::support::META_TOKEN,
+        crate::support::TWILIO_TOKEN,
+        "meta-token-wrong",
+        "1555777000",
+    ] {
+        assert!(!logs.contains(secret), "{secret} appears in the logs");
+    }
+}
