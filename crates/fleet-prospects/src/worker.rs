@@ -1,12 +1,15 @@
-//! One consumer loop: read a batch from `inbound`, write it to Postgres, enqueue the automatic
-//! replies, then acknowledge, in that order, so a crash at any point redelivers the batch and the
-//! idempotent write and keyed replies make the redelivery change nothing.
+//! The batch handler of `inbound`: decode, write to Postgres, enqueue the automatic replies, and
+//! only then let the queue acknowledge, so a crash at any point redelivers the batch and the
+//! idempotent write and keyed replies make the redelivery change nothing. It runs as the handler
+//! of an apalis batch-mode worker (see `run` in the crate root), which settles what it returns;
+//! [`BatchWorker`] reads and settles one batch the same way without a runtime, for tests.
 //!
 //! Failures:
 //! - undecodable payload: that entry goes to the dead-letter stream (`decode`);
 //! - transient or unexplained store error: nothing is acknowledged; the same batch is retried
 //!   in-process with capped, jittered backoff while its entries stay pending (if the process dies,
-//!   the scheduler reclaims them);
+//!   the scheduler reclaims them); a shutdown during that wait gives the unfinished entries back
+//!   to the delayed set, due at once and without counting an attempt;
 //! - data error: the batch is split in halves until the bad entry is alone, and only that entry is
 //!   dead-lettered (`invalid` when the store names it before any SQL, `data` otherwise).
 
@@ -14,7 +17,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fleet_core::{EnqueueOptions, InboundEvent, OUTBOUND_QUEUE, OutboundMessage};
-use fleet_queue::{Broker, Consumer, ConsumerOptions, Delivery, Queue, now_ms};
+use fleet_queue::{
+    Broker, Consumer, ConsumerOptions, Delivery, Queue, Settler,
+    apalis_backend::{BatchOutcome as Settlement, JobError},
+    now_ms,
+};
 use fleet_runtime::{Shutdown, TenantsHandle};
 use fleet_store::{BatchOutcome, Error as StoreError, ErrorClass, Store};
 
@@ -25,43 +32,66 @@ use crate::{Config, replies};
 pub struct BatchReport {
     /// Entries delivered to this batch.
     pub delivered: usize,
-    /// Entries written and acknowledged.
+    /// Entries written (replies enqueued) and left for the settlement to acknowledge.
     pub acked: usize,
-    /// Entries sent to the dead-letter stream.
+    /// Entries left for the settlement to dead-letter.
     pub dead_lettered: usize,
     /// Messages stored for the first time.
     pub messages_inserted: u64,
     /// Automatic replies newly enqueued (duplicates of earlier enqueues not counted).
     pub replies_enqueued: usize,
-    /// Shutdown interrupted a retry: some entries were left pending for redelivery.
+    /// Shutdown interrupted a retry: the unfinished entries are given back (delayed set, due at
+    /// once, no attempt counted) for redelivery.
     pub interrupted: bool,
 }
 
-/// A slice of a batch: deliveries and their decoded events, index for index.
+/// What handling a batch came to: the report, and the entries that must not be acknowledged,
+/// each with how to settle it (by index into the batch). Every other entry is acknowledged.
+#[derive(Debug, Clone, Default)]
+pub struct Handled {
+    /// The counts.
+    pub report: BatchReport,
+    /// Entries to dead-letter (`JobError::Fatal`) or give back (`JobError::Defer`).
+    pub failed: Vec<(usize, JobError)>,
+}
+
+impl Handled {
+    /// The settlement for the apalis backend: the failed entries, the rest acknowledged.
+    pub fn settlement(&self, batch: &[Delivery]) -> Settlement {
+        let mut settlement = Settlement::new();
+        for (i, error) in &self.failed {
+            settlement.fail(&batch[*i], error.clone());
+        }
+        settlement
+    }
+}
+
+/// A slice of a batch: indices into it and their decoded events, position for position.
 struct Chunk {
-    deliveries: Vec<Delivery>,
+    entries: Vec<usize>,
     events: Vec<InboundEvent>,
 }
 
 impl Chunk {
     fn split(mut self) -> (Chunk, Chunk) {
-        let mid = self.deliveries.len() / 2;
-        let deliveries = self.deliveries.split_off(mid);
+        let mid = self.entries.len() / 2;
+        let entries = self.entries.split_off(mid);
         let events = self.events.split_off(mid);
-        (self, Chunk { deliveries, events })
+        (self, Chunk { entries, events })
     }
 
-    fn remove(&mut self, index: usize) -> (Delivery, InboundEvent) {
-        (self.deliveries.remove(index), self.events.remove(index))
+    fn remove(&mut self, index: usize) -> usize {
+        self.events.remove(index);
+        self.entries.remove(index)
     }
 }
 
 /// Shutdown arrived while waiting to retry.
 struct Stopped;
 
-/// A consumer of `inbound` with everything it needs to handle a batch.
-pub struct BatchWorker {
-    consumer: Consumer,
+/// Everything the handler needs: cheap to clone, shared by every worker of the process.
+#[derive(Clone)]
+pub struct BatchHandler {
     outbound: Queue,
     store: Store,
     tenants: TenantsHandle,
@@ -69,86 +99,59 @@ pub struct BatchWorker {
     shutdown: Shutdown,
 }
 
-impl std::fmt::Debug for BatchWorker {
+impl std::fmt::Debug for BatchHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchWorker")
-            .field("consumer", &self.consumer)
-            .finish_non_exhaustive()
+        f.debug_struct("BatchHandler").finish_non_exhaustive()
     }
 }
 
-impl BatchWorker {
-    /// Registers consumer `name` on `inbound`.
-    pub async fn new(
+impl BatchHandler {
+    /// A handler writing to `store` and enqueueing replies on the broker's `outbound`.
+    pub fn new(
         broker: &Broker,
         store: Store,
         tenants: TenantsHandle,
         config: Config,
-        name: String,
         shutdown: Shutdown,
-    ) -> Result<BatchWorker, fleet_queue::Error> {
-        let options = ConsumerOptions {
-            group: config.group.clone(),
-            consumer: name,
-            batch_size: config.batch_size,
-            linger: config.linger,
-            block: config.block,
-            ..ConsumerOptions::new(&config.consumer_role)
-        };
-        let consumer = broker
-            .queue(fleet_core::INBOUND_QUEUE)
-            .consumer(options)
-            .await?;
-        let outbound = broker.queue(OUTBOUND_QUEUE);
-        Ok(BatchWorker {
-            consumer,
-            outbound,
+    ) -> BatchHandler {
+        BatchHandler {
+            outbound: broker.queue(OUTBOUND_QUEUE),
             store,
             tenants,
             config,
             shutdown,
-        })
-    }
-
-    /// Reads one batch (waiting up to the block time) and handles it.
-    pub async fn run_once(&mut self) -> Result<BatchReport, fleet_queue::Error> {
-        let batch = self.consumer.next_batch().await?;
-        if batch.is_empty() {
-            return Ok(BatchReport::default());
         }
-        Ok(self.handle(batch).await)
     }
 
-    /// Handles a batch: decode, write (isolating bad entries), reply, acknowledge.
-    pub async fn handle(&self, batch: Vec<Delivery>) -> BatchReport {
+    /// The store written to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Handles a batch: decode, write (isolating bad entries), reply. Settles nothing itself: the
+    /// caller acknowledges every entry not in [`Handled::failed`] and settles those as marked.
+    pub async fn handle(&self, batch: &[Delivery]) -> Handled {
         let started = Instant::now();
-        let mut report = BatchReport {
-            delivered: batch.len(),
-            ..Default::default()
+        let mut handled = Handled {
+            report: BatchReport {
+                delivered: batch.len(),
+                ..Default::default()
+            },
+            failed: Vec::new(),
         };
         metrics::histogram!("fleet_prospects_batch_size").record(batch.len() as f64);
 
         let mut chunk = Chunk {
-            deliveries: Vec::with_capacity(batch.len()),
+            entries: Vec::with_capacity(batch.len()),
             events: Vec::with_capacity(batch.len()),
         };
-        for d in batch {
+        for (i, d) in batch.iter().enumerate() {
             match d.decode::<InboundEvent>() {
                 Ok(event) => {
-                    chunk.deliveries.push(d);
+                    chunk.entries.push(i);
                     chunk.events.push(event);
                 }
-                Err(e) => {
-                    if self
-                        .dead_letter(&d, "decode", &e.to_string())
-                        .await
-                        .is_err()
-                    {
-                        report.interrupted = true;
-                        return report;
-                    }
-                    report.dead_lettered += 1;
-                }
+                Err(e) => dead_letter(&mut handled, d, i, "decode", &e.to_string()),
             }
         }
 
@@ -156,58 +159,59 @@ impl BatchWorker {
         // Bounded: each split halves a chunk, so at most 2 * batch_size chunks ever exist.
         let mut stack = vec![chunk];
         while let Some(mut chunk) = stack.pop() {
-            if chunk.deliveries.is_empty() {
+            if chunk.entries.is_empty() {
                 continue;
             }
-            match self.write(&chunk.events).await {
-                Ok(Ok(outcome)) => {
-                    if self.finish(&chunk, &outcome, &mut report).await.is_err() {
-                        report.interrupted = true;
-                        return report;
+            let written = match self.write(&chunk.events).await {
+                Ok(written) => written,
+                Err(Stopped) => {
+                    give_back(&mut handled, chunk, stack);
+                    return handled;
+                }
+            };
+            match written {
+                Ok(outcome) => {
+                    if self
+                        .finish(batch, &chunk, &outcome, &mut handled.report)
+                        .await
+                        .is_err()
+                    {
+                        // Committed but the replies are not all enqueued: the redelivery
+                        // changes nothing in Postgres and enqueues them under the same keys.
+                        give_back(&mut handled, chunk, stack);
+                        return handled;
                     }
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     // A data error: find the bad entry.
                     if let StoreError::InvalidEvent { index, reason } = &e
-                        && *index < chunk.deliveries.len()
+                        && *index < chunk.entries.len()
                     {
-                        let (bad, _) = chunk.remove(*index);
-                        if self.dead_letter(&bad, "invalid", reason).await.is_err() {
-                            report.interrupted = true;
-                            return report;
-                        }
-                        report.dead_lettered += 1;
+                        let bad = chunk.remove(*index);
+                        dead_letter(&mut handled, &batch[bad], bad, "invalid", reason);
                         stack.push(chunk);
-                    } else if chunk.deliveries.len() == 1 {
-                        let (bad, _) = chunk.remove(0);
-                        if self
-                            .dead_letter(&bad, "data", &e.to_string())
-                            .await
-                            .is_err()
-                        {
-                            report.interrupted = true;
-                            return report;
-                        }
-                        report.dead_lettered += 1;
+                    } else if chunk.entries.len() == 1 {
+                        let bad = chunk.remove(0);
+                        dead_letter(&mut handled, &batch[bad], bad, "data", &e.to_string());
                     } else {
                         let (first, second) = chunk.split();
                         stack.push(second);
                         stack.push(first);
                     }
                 }
-                Err(Stopped) => {
-                    report.interrupted = true;
-                    return report;
-                }
             }
         }
         metrics::histogram!("fleet_prospects_batch_duration_seconds")
             .record(started.elapsed().as_secs_f64());
-        report
+        handled
     }
 
     /// Writes a chunk, retrying transient and unexplained errors until success, a data error
     /// (returned for the caller to isolate), or shutdown.
+    ///
+    /// In process rather than through the delayed set (`JobError::Retry`): a retry there counts
+    /// an attempt, so a Postgres outage longer than the jobs' attempts would dead-letter healthy
+    /// messages; held here, they stay pending and are never dead-lettered for an outage.
     async fn write(
         &self,
         events: &[InboundEvent],
@@ -234,17 +238,18 @@ impl BatchWorker {
         }
     }
 
-    /// After a commit: enqueue the replies, then acknowledge the chunk.
+    /// After a commit: enqueue the replies; the chunk is then left for acknowledgement.
     async fn finish(
         &self,
+        batch: &[Delivery],
         chunk: &Chunk,
         outcome: &BatchOutcome,
         report: &mut BatchReport,
     ) -> Result<(), Stopped> {
         let now = Utc::now();
         let lag_now = now_ms();
-        for d in &chunk.deliveries {
-            let lag = lag_now.saturating_sub(d.enqueued_at_ms);
+        for &i in &chunk.entries {
+            let lag = lag_now.saturating_sub(batch[i].enqueued_at_ms);
             metrics::histogram!("fleet_prospects_commit_lag_seconds").record(lag as f64 / 1000.0);
         }
         metrics::counter!("fleet_prospects_messages_inserted_total")
@@ -295,50 +300,8 @@ impl BatchWorker {
                 }
             }
         }
-
-        let refs: Vec<&Delivery> = chunk.deliveries.iter().collect();
-        let mut failures = 0u32;
-        loop {
-            match self.consumer.ack(&refs).await {
-                Ok(_) => break,
-                Err(e) => {
-                    metrics::counter!("fleet_prospects_failures_total", "reason" => "ack")
-                        .increment(1);
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(error = %e, failures, "acknowledging a written batch failed; retrying");
-                    self.pause(failures).await?;
-                }
-            }
-        }
-        report.acked += refs.len();
+        report.acked += chunk.entries.len();
         Ok(())
-    }
-
-    /// Dead-letters one entry, retrying while Redis is unavailable.
-    async fn dead_letter(
-        &self,
-        d: &Delivery,
-        reason: &'static str,
-        error: &str,
-    ) -> Result<(), Stopped> {
-        tracing::warn!(job_id = %d.job_id, reason, error, "inbound entry dead-lettered");
-        let mut failures = 0u32;
-        loop {
-            match self.consumer.dead_letter(d, reason, error).await {
-                Ok(_) => {
-                    metrics::counter!("fleet_prospects_dead_lettered_total", "reason" => reason)
-                        .increment(1);
-                    return Ok(());
-                }
-                Err(e) => {
-                    metrics::counter!("fleet_prospects_failures_total", "reason" => "dead_letter")
-                        .increment(1);
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(error = %e, failures, "dead-lettering failed; retrying");
-                    self.pause(failures).await?;
-                }
-            }
-        }
     }
 
     /// Waits the backoff delay of the `failures`-th consecutive failure, or until shutdown.
@@ -350,5 +313,119 @@ impl BatchWorker {
             () = tokio::time::sleep(delay) => Ok(()),
             () = self.shutdown.cancelled() => Err(Stopped),
         }
+    }
+}
+
+/// Marks entry `i` for the dead-letter stream.
+fn dead_letter(handled: &mut Handled, d: &Delivery, i: usize, reason: &'static str, error: &str) {
+    tracing::warn!(job_id = %d.job_id, reason, error, "inbound entry dead-lettered");
+    metrics::counter!("fleet_prospects_dead_lettered_total", "reason" => reason).increment(1);
+    handled.report.dead_lettered += 1;
+    handled.failed.push((
+        i,
+        JobError::Fatal {
+            reason: reason.to_owned(),
+            error: error.to_owned(),
+        },
+    ));
+}
+
+/// Shutdown cut a retry short: marks every unfinished entry to go back to the delayed set, due
+/// at once and without an attempt counted (it failed through no fault of its own).
+fn give_back(handled: &mut Handled, chunk: Chunk, rest: Vec<Chunk>) {
+    handled.report.interrupted = true;
+    for c in std::iter::once(chunk).chain(rest) {
+        for i in c.entries {
+            handled.failed.push((i, JobError::Defer(Duration::ZERO)));
+        }
+    }
+}
+
+/// One consumer of `inbound` and a handler, reading and settling batch by batch without a
+/// runtime: the service runs on apalis (`run`); this is for tests and tools that want one batch
+/// at a time. Settles exactly as the apalis backend does with a [`Settlement`].
+pub struct BatchWorker {
+    consumer: Consumer,
+    settler: Settler,
+    handler: BatchHandler,
+}
+
+impl std::fmt::Debug for BatchWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchWorker")
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The consumer options of `config` for consumer `name`.
+pub fn consumer_options(config: &Config, name: String) -> ConsumerOptions {
+    ConsumerOptions {
+        group: config.group.clone(),
+        consumer: name,
+        batch_size: config.batch_size,
+        linger: config.linger,
+        block: config.block,
+        ..ConsumerOptions::new(&config.consumer_role)
+    }
+}
+
+impl BatchWorker {
+    /// Registers consumer `name` on `inbound`.
+    pub async fn new(
+        broker: &Broker,
+        store: Store,
+        tenants: TenantsHandle,
+        config: Config,
+        name: String,
+        shutdown: Shutdown,
+    ) -> Result<BatchWorker, fleet_queue::Error> {
+        let consumer = broker
+            .queue(fleet_core::INBOUND_QUEUE)
+            .consumer(consumer_options(&config, name))
+            .await?;
+        Ok(BatchWorker {
+            settler: consumer.settler(),
+            consumer,
+            handler: BatchHandler::new(broker, store, tenants, config, shutdown),
+        })
+    }
+
+    /// Reads one batch (waiting up to the block time), handles it and settles it.
+    ///
+    /// An error is Redis failing a read or a settlement; what was not settled stays pending for
+    /// the scheduler to reclaim.
+    pub async fn run_once(&mut self) -> Result<BatchReport, fleet_queue::Error> {
+        let batch = self.consumer.next_batch().await?;
+        if batch.is_empty() {
+            return Ok(BatchReport::default());
+        }
+        let handled = self.handler.handle(&batch).await;
+        let mut failed: Vec<Option<&JobError>> = vec![None; batch.len()];
+        for (i, e) in &handled.failed {
+            failed[*i] = Some(e);
+        }
+        let done: Vec<&Delivery> = batch
+            .iter()
+            .zip(&failed)
+            .filter(|(_, f)| f.is_none())
+            .map(|(d, _)| d)
+            .collect();
+        self.settler.ack(&done).await?;
+        for (d, e) in batch.iter().zip(&failed) {
+            match e {
+                None => {}
+                Some(JobError::Fatal { reason, error }) => {
+                    self.settler.dead_letter(d, reason, error).await?;
+                }
+                Some(JobError::Defer(delay)) => {
+                    self.settler.defer(d, *delay).await?;
+                }
+                Some(JobError::Retry { after, error }) => {
+                    self.settler.retry(d, *after, error).await?;
+                }
+            }
+        }
+        Ok(handled.report)
     }
 }

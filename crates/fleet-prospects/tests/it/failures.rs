@@ -96,23 +96,30 @@ async fn a_transient_outage_acknowledges_nothing_and_dead_letters_nothing() {
     )
     .await
     .unwrap();
-    // Stop during the retry wait: the batch must be left pending, not acknowledged or dead.
+    // Stop during the retry wait: the batch must be given back, not acknowledged or dead, and
+    // without an attempt counted.
     shutdown.cancel();
     let report = worker.run_once().await.unwrap();
     assert!(report.interrupted);
     assert_eq!((report.acked, report.dead_lettered), (0, 0));
-    assert_eq!(h.pending_and_dead().await, (2, 0));
+    assert_eq!(h.pending_and_dead().await, (0, 0));
+    assert_eq!(h.inbound().stats().await.unwrap().delayed, 2);
 
-    // Once Postgres is back (a healthy worker after stalled recovery), everything is written.
-    h.inbound()
-        .reclaim_stalled(
-            fleet_queue::GROUP_DEFAULT,
-            Duration::ZERO,
-            100,
-            fleet_queue::now_ms(),
-        )
+    // Once Postgres is back (a healthy worker after the scheduler promoted them), everything is
+    // written.
+    let promoted = h
+        .inbound()
+        .promote_due(fleet_queue::now_ms(), 100)
         .await
         .unwrap();
+    assert_eq!(promoted, 2);
+    let back = h
+        .inbound()
+        .peek(fleet_core::Priority::Normal, 10)
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 2);
+    assert!(back.iter().all(|j| j.attempts == 0), "no attempt counted");
     let mut healthy = h.worker(Harness::config(10), Shutdown::new()).await;
     h.drain(&mut healthy).await;
     assert_eq!(h.totals().await, (2, 2, 2));
