@@ -1,6 +1,6 @@
 //! The send loop: read `outbound` in batches, send each reply with bounded concurrency, settle it.
 //!
-//! Shape: one reader (the [`Consumer`]) hands deliveries to at most `concurrency` send tasks in a
+//! Shape: one reader (the [`fleet_queue::Consumer`]) hands deliveries to at most `concurrency` send tasks in a
 //! [`JoinSet`]; each task decodes, finds the tenant, checks the "already sent" record, waits for
 //! the shared rate limits (or defers the job), sends, classifies, and settles failures itself
 //! (retry, dead letter). Successes go through a bounded channel to the recorder, which writes
@@ -17,7 +17,7 @@ use std::{
 };
 
 use fleet_core::{OUTBOUND_QUEUE, OutboundBody, OutboundMessage, Provider};
-use fleet_queue::{Broker, Consumer, ConsumerOptions, Delivery, RetryAfter, RetryOutcome};
+use fleet_queue::{Broker, ConsumerOptions, Delivery, RetryAfter, RetryOutcome, Settler};
 use fleet_runtime::{Shutdown, TenantsHandle, tenants::Tenant};
 use fleet_store::{OutboundRecord, OutboundState, Store};
 use governor::{DefaultDirectRateLimiter, Quota};
@@ -56,9 +56,9 @@ struct Ctx {
     local: LocalLimiters,
     store: Store,
     tenants: TenantsHandle,
-    /// A second consumer handle on the same group and name, used only to settle entries (ack,
-    /// retry, defer, dead letter): the reader's `next_batch` needs `&mut`, settlement only `&`.
-    settler: Consumer,
+    /// The reader's settle handle (ack, retry, defer, dead letter), shared by the send tasks while
+    /// the reader keeps `&mut` for `next_batch`.
+    settler: Settler,
 }
 
 /// A success waiting for its record before its acknowledgement.
@@ -112,8 +112,8 @@ pub async fn run(
         batch_size: config.batch_size,
         ..ConsumerOptions::new("outbound")
     };
-    let mut reader = queue.consumer(options.clone()).await?;
-    let settler = queue.consumer(options).await?;
+    let mut reader = queue.consumer(options).await?;
+    let settler = reader.settler();
     let limiter_client = limiter_client(&config.redis_url).await?;
     let limiter = RateLimiter::with_client(
         limiter_client,
@@ -518,7 +518,7 @@ pub fn defer_delay(wait: Duration, reserved: bool, horizon: Duration) -> Duratio
     base.mul_f64(rand::rng().random_range(0.9..1.1))
 }
 
-async fn settle_dead(c: &Consumer, d: &Delivery, reason: &str, error: &str) {
+async fn settle_dead(c: &Settler, d: &Delivery, reason: &str, error: &str) {
     metrics::counter!("fleet_outbound_dead_lettered_total", "reason" => reason.to_owned())
         .increment(1);
     if let Err(e) = c.dead_letter(d, reason, error).await {
@@ -526,7 +526,7 @@ async fn settle_dead(c: &Consumer, d: &Delivery, reason: &str, error: &str) {
     }
 }
 
-async fn settle_defer(c: &Consumer, d: &Delivery, delay: Duration, reason: &'static str) {
+async fn settle_defer(c: &Settler, d: &Delivery, delay: Duration, reason: &'static str) {
     metrics::counter!("fleet_outbound_deferred_total", "reason" => reason).increment(1);
     if let Err(e) = c.defer(d, delay).await {
         warn!(job = %d.job_id, error = %e, "deferring failed; the job stays pending");
