@@ -4,6 +4,7 @@
 mod auto_replies;
 mod failures;
 mod redelivery;
+mod runtime;
 
 use std::time::Duration;
 

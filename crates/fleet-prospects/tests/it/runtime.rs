@@ -1,0 +1,139 @@
+//! The service path: `run` drives apalis batch workers over the Streams backend, which settles
+//! what the handler returns (poison entries dead-lettered one by one, the rest acknowledged), and
+//! a shutdown during a transient retry gives the held entries back instead of losing them.
+
+use std::time::Duration;
+
+use fleet_core::{EnqueueOptions, InboundBody, Priority};
+use fleet_runtime::Shutdown;
+use fleet_store::{PoolOptions, Store};
+
+use crate::{Harness, msg};
+
+/// Polls `done` until it holds, for at most a minute. It orders nothing: it waits for an effect.
+async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn run_dead_letters_only_the_poison_entries_and_acks_the_rest() {
+    let h = Harness::new().await;
+    let t = 1_700_000_000;
+    let mut events: Vec<_> = (0..30)
+        .map(|i| {
+            msg(
+                "plain",
+                &format!("c{}", i % 4),
+                &format!("m{i}"),
+                t + i,
+                "ok",
+            )
+        })
+        .collect();
+    if let InboundBody::Message(m) = &mut events[11].body {
+        m.text = Some("bad\0byte".into());
+    }
+    h.enqueue(&events).await;
+    h.inbound()
+        .enqueue(&"not an event", &EnqueueOptions::default())
+        .await
+        .unwrap();
+
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn(fleet_prospects::run(
+        Harness::config(100),
+        h.broker.clone(),
+        h.store().clone(),
+        h.tenants.clone(),
+        shutdown.clone(),
+    ));
+    eventually("29 written, 2 dead, nothing pending", || async {
+        h.totals().await.0 == 29
+            && h.pending_and_dead().await == (0, 2)
+            && h.inbound().backlog().await.unwrap() == 0
+    })
+    .await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+
+    let mut reasons: Vec<String> = h
+        .inbound()
+        .dead_list(10, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.reason)
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["data", "decode"]);
+    let stats = h.inbound().stats().await.unwrap();
+    assert_eq!((stats.pending(), stats.delayed, stats.dead), (0, 0, 2));
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn run_holds_a_batch_through_an_outage_and_gives_it_back_on_shutdown() {
+    let h = Harness::new().await;
+    h.enqueue(&[
+        msg("plain", "c1", "m1", 1_700_000_000, "ok"),
+        msg("plain", "c2", "m2", 1_700_000_001, "ok"),
+        msg("plain", "c3", "m3", 1_700_000_002, "ok"),
+    ])
+    .await;
+    // Postgres "down": nothing listens on port 1.
+    let down = Store::connect(
+        "postgres://postgres@127.0.0.1:1/fleet",
+        &PoolOptions {
+            acquire_timeout: Duration::from_millis(100),
+            ..PoolOptions::default()
+        },
+    )
+    .unwrap();
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn(fleet_prospects::run(
+        Harness::config(10),
+        h.broker.clone(),
+        down,
+        h.tenants.clone(),
+        shutdown.clone(),
+    ));
+    // The handler holds the batch, retrying in process: read, neither acknowledged nor settled.
+    eventually("the batch is held", || async {
+        h.pending_and_dead().await == (3, 0)
+    })
+    .await;
+    let stats = h.inbound().stats().await.unwrap();
+    assert_eq!(
+        stats.delayed, 0,
+        "a transient failure is not a counted retry"
+    );
+
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    let stats = h.inbound().stats().await.unwrap();
+    assert_eq!(
+        (stats.pending(), stats.delayed, stats.dead),
+        (0, 3, 0),
+        "given back to the delayed set, nothing acknowledged or dead"
+    );
+    assert_eq!(
+        h.inbound()
+            .promote_due(fleet_queue::now_ms(), 100)
+            .await
+            .unwrap(),
+        3
+    );
+    let back = h.inbound().peek(Priority::Normal, 10).await.unwrap();
+    assert_eq!(back.len(), 3);
+    assert!(back.iter().all(|j| j.attempts == 0), "no attempt counted");
+    assert_eq!(h.totals().await.0, 0);
+    h.cleanup().await;
+}
