@@ -531,6 +531,17 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
     for (name, pid) in children.pids() {
         load.args(["--watch", &format!("{name}={pid}")]);
     }
+    // A local Redis too, for its share of the CPU (Postgres works in per-connection backends,
+    // so it shows only in the machine's total).
+    if let Ok(out) = Command::new("pgrep")
+        .args(["-o", "-x", "redis-server"])
+        .output()
+        && let Some(pid) = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+    {
+        load.args(["--watch", &format!("redis-server={pid}")]);
+    }
     // The generator stays in our process group: its progress bar is on our terminal, and a
     // Ctrl-C reaches it directly.
     let mut loadgen = load.spawn().context("starting fleet-loadgen")?;

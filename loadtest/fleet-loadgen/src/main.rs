@@ -193,6 +193,19 @@ fn print_summary(r: &fleet_loadgen::RunResult, dir: &std::path::Path) {
     if let Some(s) = r.max_sustainable_rate {
         println!("max sustainable rate: {s:.0} msg/s");
     }
+    for u in &r.processes {
+        println!(
+            "process {:<20} peak RSS {:>6.1} MiB  CPU {:>6.1} s",
+            u.name, u.peak_rss_mib, u.cpu_secs
+        );
+    }
+    if let Some(busy) = r.machine_cpu_busy {
+        println!(
+            "machine CPU busy {:.0} % of {} cores",
+            busy * 100.0,
+            r.cores
+        );
+    }
     for c in r.checks.iter().chain(&r.criteria) {
         println!(
             "[{}] {}: expected {}, got {}",

@@ -325,6 +325,14 @@ pub fn markdown(r: &RunResult, scales: &Scales) -> String {
     };
     table(&mut m, "Criteria", &r.criteria);
     table(&mut m, "Verification", &r.checks);
+    if let Some(busy) = r.machine_cpu_busy {
+        let _ = writeln!(
+            m,
+            "\nMachine CPU busy over the load and drain: {:.0} % of {} cores (every process, not only Fleet's).",
+            busy * 100.0,
+            r.cores
+        );
+    }
     if !r.processes.is_empty() {
         let _ = writeln!(
             m,

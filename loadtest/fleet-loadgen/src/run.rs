@@ -145,6 +145,22 @@ pub struct ProcessUsage {
     pub cpu_secs: f64,
 }
 
+/// Busy and total jiffies of the whole machine, from /proc/stat.
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = cpu.iter().sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
 /// Everything a run found; written as `result.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
@@ -205,8 +221,13 @@ pub struct RunResult {
     pub passed: bool,
     /// Latency over time.
     pub series: Vec<SeriesPoint>,
-    /// Peak memory and CPU of watched processes (and of the generator itself).
+    /// Peak memory and CPU of watched processes (and of the generator itself); CPU is counted
+    /// from the start of the load to the end of the drain.
     pub processes: Vec<ProcessUsage>,
+    /// Share of the machine's CPU time busy (all processes, all cores) over the same span.
+    pub machine_cpu_busy: Option<f64>,
+    /// Cores of the machine.
+    pub cores: usize,
     /// Notes on how to read the figures.
     pub notes: Vec<String>,
 }
@@ -454,6 +475,14 @@ pub async fn run(opts: RunOptions) -> Result<RunResult> {
         }
     }
 
+    let cpu_before: HashMap<u32, f64> = opts
+        .watch
+        .iter()
+        .map(|(_, p)| *p)
+        .chain([std::process::id()])
+        .filter_map(|p| process_usage("", p).map(|u| (p, u.cpu_secs)))
+        .collect();
+    let machine_before = machine_jiffies();
     let total = case.total_duration().as_secs_f64();
     let window_secs = if total <= 600.0 {
         1.0
@@ -600,6 +629,7 @@ pub async fn run(opts: RunOptions) -> Result<RunResult> {
         let permit = permits.clone().acquire_owned().await.expect("never closed");
         let (client, base, shared2) = (client.clone(), base.clone(), shared.clone());
         if let Some(req) = redelivery_of {
+            let n_events = req.events.len() as u64;
             shared.rec.lock().expect("recorder lock").in_flight += 1;
             tokio::spawn(async move {
                 let outcome = send(&client, &base, &req).await;
@@ -608,10 +638,10 @@ pub async fn run(opts: RunOptions) -> Result<RunResult> {
                     .as_micros() as u64;
                 let mut rec = shared2.rec.lock().expect("recorder lock");
                 rec.in_flight -= 1;
-                rec.redelivery(t, rate, lat, outcome.is_ok(), outcome.err());
+                rec.redelivery(t, rate, lat, n_events, outcome.is_ok(), outcome.err());
                 drop(permit);
             });
-            t += 1.0 / rate;
+            t += n_events.max(1) as f64 / rate;
             continue;
         }
         let Some(req) = generator.next_request(case.mix.max_batch) else {
@@ -981,6 +1011,13 @@ pub async fn run(opts: RunOptions) -> Result<RunResult> {
         .filter_map(|(n, p)| process_usage(n, *p))
         .collect();
     processes.extend(process_usage("fleet-loadgen", std::process::id()));
+    for p in &mut processes {
+        p.cpu_secs -= cpu_before.get(&p.pid).copied().unwrap_or(0.0);
+    }
+    let machine_cpu_busy = match (machine_before, machine_jiffies()) {
+        (Some(a), Some(b)) if b.1 > a.1 => Some((b.0 - a.0) as f64 / (b.1 - a.1) as f64),
+        _ => None,
+    };
     let passed = checks.iter().all(|c| c.ok) && criteria.iter().all(|c| c.ok);
     let mut notes = vec![
         format!(
@@ -1027,6 +1064,8 @@ pub async fn run(opts: RunOptions) -> Result<RunResult> {
         passed,
         series,
         processes,
+        machine_cpu_busy,
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
         notes,
     })
 }

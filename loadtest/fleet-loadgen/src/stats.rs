@@ -258,6 +258,7 @@ impl Recorder {
         t: f64,
         target_rate: f64,
         latency_us: u64,
+        events: u64,
         ok: bool,
         cause: Option<String>,
     ) {
@@ -268,6 +269,11 @@ impl Recorder {
         }
         let w = self.window(t, target_rate);
         w.requests += 1;
+        // A redelivery is traffic the system handles at the target rate, though not new events.
+        w.events_sent += events;
+        if ok {
+            w.events_accepted += events;
+        }
         record(&mut w.accept, latency_us);
         if ok {
             self.requests_ok += 1;
