@@ -13,6 +13,7 @@ pub mod leader;
 mod maintenance;
 mod metrics_doc;
 mod queue;
+pub mod ratelimit;
 
 pub use broker::{Broker, COMMAND_BUFFER_LIMIT, COMMAND_TIMEOUT_DEFAULT};
 pub use consumer::{
