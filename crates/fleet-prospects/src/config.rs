@@ -13,7 +13,7 @@ pub const BATCH_SIZE_DEFAULT: usize = 500;
 pub const LINGER_DEFAULT: Duration = Duration::from_millis(10);
 /// Default wait for work when the queue is empty (also bounds how long shutdown waits for a read).
 pub const BLOCK_DEFAULT: Duration = Duration::from_secs(2);
-/// Default consumer loops per process.
+/// Default workers (consumers) per process.
 pub const CONSUMERS_DEFAULT: usize = 2;
 /// Default backoff between retries of a batch whose write failed transiently (full jitter, capped
 /// well below any sensible stalled-entry lease so a healthy worker keeps its entries).
@@ -25,7 +25,7 @@ pub const RETRY_BACKOFF_DEFAULT: Backoff = Backoff {
 pub const MAX_REPLY_AGE_DEFAULT: Duration = Duration::from_secs(24 * 3600);
 /// Largest accepted batch size.
 pub const BATCH_SIZE_MAX: usize = 10_000;
-/// Largest accepted number of consumer loops per process.
+/// Largest accepted number of workers (consumers) per process.
 pub const CONSUMERS_MAX: usize = 64;
 
 /// The worker's settings.
@@ -37,7 +37,7 @@ pub struct Config {
     pub linger: Duration,
     /// Wait for work when the queue is empty.
     pub block: Duration,
-    /// Consumer loops per process, each with its own consumer name.
+    /// Workers (consumers) per process, each with its own consumer name.
     pub consumers: usize,
     /// Consumer group on `inbound` (the scheduler reclaims stalled entries of this group).
     pub group: String,
@@ -105,7 +105,7 @@ pub struct Section {
     pub linger_ms: Option<u64>,
     /// Block in milliseconds (default 2000).
     pub block_ms: Option<u64>,
-    /// Consumer loops per process (default 2).
+    /// Workers (consumers) per process (default 2).
     pub consumers: Option<usize>,
     /// Pooled Postgres connections (default 8).
     pub db_max_connections: Option<u32>,
