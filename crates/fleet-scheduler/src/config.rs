@@ -178,7 +178,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.queues, ["inbound", "outbound"]);
         assert_eq!(c.delayed.interval, Duration::from_millis(250));
-        assert_eq!(c.delayed.batch_size, 500);
+        assert_eq!(c.delayed.batch_size, 200);
         assert_eq!(c.stalled.lease, Duration::from_secs(30));
         assert_eq!(c.stalled.interval, Duration::from_secs(5));
         assert_eq!(c.retention.acked_max_age, Some(Duration::from_secs(3600)));
