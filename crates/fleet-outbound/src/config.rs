@@ -86,10 +86,6 @@ pub struct OutboundConfig {
     /// Twilio API base URL (from `FLEET_TWILIO_API_BASE`; not read from the section).
     #[serde(skip)]
     pub twilio_api_base: String,
-    /// Redis URL, for the rate limiter's connection (until the limiter moves into `fleet-queue`
-    /// and shares the broker's).
-    #[serde(skip)]
-    pub redis_url: String,
 }
 
 impl Default for OutboundConfig {
@@ -110,7 +106,6 @@ impl Default for OutboundConfig {
             http: HttpConfig::default(),
             meta_api_base: "https://graph.facebook.com/v23.0".into(),
             twilio_api_base: "https://api.twilio.com".into(),
-            redis_url: "redis://127.0.0.1:6379".into(),
         }
     }
 }

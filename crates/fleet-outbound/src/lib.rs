@@ -4,9 +4,12 @@ pub mod classify;
 pub mod config;
 pub mod http;
 pub mod meta;
-pub mod ratelimit;
 pub mod twilio;
 pub mod worker;
+
+/// The shared rate limiter (GCRA in Redis), now part of `fleet-queue`; re-exported so existing
+/// paths keep working.
+pub use fleet_queue::ratelimit;
 
 pub use classify::{Attempt, SendOutcome, TransportError, classify};
 pub use config::{OutboundConfig, SentCheck};

@@ -45,7 +45,6 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
     let mut config: OutboundConfig = common.section("outbound")?;
     config.meta_api_base = common.meta_api_base.clone();
     config.twilio_api_base = common.twilio_api_base.clone();
-    config.redis_url = common.redis_url.clone();
     if let Some(n) = cli.concurrency {
         config.concurrency = n;
     }

@@ -114,10 +114,8 @@ pub async fn run(
     };
     let mut reader = queue.consumer(options).await?;
     let settler = reader.settler();
-    let limiter_client = limiter_client(&config.redis_url).await?;
-    let limiter = RateLimiter::with_client(
-        limiter_client,
-        broker.prefix(),
+    let limiter = RateLimiter::new(
+        &broker,
         LimiterOptions {
             horizon: Duration::from_millis(config.reservation_horizon_ms),
             grace: Duration::from_millis(config.reservation_grace_ms),
@@ -197,22 +195,6 @@ pub async fn run(
     }
     info!("outbound worker stopped");
     Ok(())
-}
-
-async fn limiter_client(redis_url: &str) -> anyhow::Result<fred::prelude::Client> {
-    use fred::prelude::*;
-    let config = Config::from_url(redis_url)
-        .map_err(|e| anyhow::anyhow!("bad redis url: {}", e.details()))?;
-    let client = Builder::from_config(config)
-        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(2))
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(2);
-            c.max_command_attempts = 1;
-        })
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-        .build()?;
-    client.init().await?;
-    Ok(client)
 }
 
 /// The sender scope, rate and provider of a message, from its tenant.

@@ -102,7 +102,6 @@ impl TestEnv {
             drain_timeout_ms: 5_000,
             meta_api_base: self.mock.meta_base(),
             twilio_api_base: self.mock.twilio_base(),
-            redis_url: redis_url(),
             http: fleet_outbound::HttpConfig {
                 request_timeout_ms: 2_000,
                 ..Default::default()
@@ -112,7 +111,7 @@ impl TestEnv {
     }
 
     /// Starts a worker with `config` (call again for more replicas: each has its own consumer
-    /// name, HTTP client and limiter connection, like separate processes).
+    /// name and HTTP client, like separate processes).
     pub(crate) fn start(&mut self, config: OutboundConfig) {
         let shutdown = Shutdown::new();
         let http = fleet_outbound::build_client(&config.http).unwrap();
