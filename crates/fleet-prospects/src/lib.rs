@@ -4,7 +4,13 @@ pub mod config;
 pub mod replies;
 pub mod worker;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use apalis::prelude::{Data, Event, Monitor, WorkerBuilder, WorkerBuilderExt};
 use fleet_queue::{
@@ -50,12 +56,21 @@ pub async fn run(
     }
     let handler = BatchHandler::new(&broker, store, tenants, config.clone(), shutdown.clone());
     let inbound = broker.queue(fleet_core::INBOUND_QUEUE);
-    let stopping = shutdown.clone();
+    let (stopping, gave_up) = (shutdown.clone(), Arc::new(AtomicBool::new(false)));
+    let failed = gave_up.clone();
     let mut monitor = Monitor::new()
         .should_restart(move |worker, error| {
             let restart = !stopping.is_cancelled() && worker.restarts() < RESTARTS_MAX;
             metrics::counter!("fleet_prospects_failures_total", "reason" => "redis").increment(1);
             tracing::warn!(worker = worker.name(), %error, restart, "a prospects worker ended");
+            if !restart && !stopping.is_cancelled() {
+                // Out of restarts: stop the whole process (its other workers finish their
+                // batches) rather than run half-staffed, or with no worker, unnoticed. The
+                // monitor's result does not say (with a shutdown timeout it drops the workers'
+                // errors), hence the flag.
+                failed.store(true, Ordering::SeqCst);
+                stopping.cancel();
+            }
             restart
         })
         .on_event(|worker, event| {
@@ -97,7 +112,11 @@ pub async fn run(
     monitor
         .run_with_signal(signal)
         .await
-        .map_err(|e| anyhow::anyhow!("prospects workers failed: {e}"))
+        .map_err(|e| anyhow::anyhow!("prospects workers failed: {e}"))?;
+    if gave_up.load(Ordering::SeqCst) {
+        anyhow::bail!("a prospects worker failed {RESTARTS_MAX} restarts; stopped the process");
+    }
+    Ok(())
 }
 
 /// The apalis handler: one read batch per task. Never an `Err`: a transient failure is retried in

@@ -137,3 +137,58 @@ async fn run_holds_a_batch_through_an_outage_and_gives_it_back_on_shutdown() {
     assert_eq!(h.totals().await.0, 0);
     h.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_worker_that_keeps_failing_is_restarted_a_bounded_number_of_times_then_run_fails() {
+    let h = Harness::new().await;
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn(fleet_prospects::run(
+        Harness::config(10),
+        h.broker.clone(),
+        h.store().clone(),
+        h.tenants.clone(),
+        shutdown.clone(),
+    ));
+    h.enqueue(&[msg("plain", "c1", "m1", 1_700_000_000, "ok")])
+        .await;
+    eventually("the first message written", || async {
+        h.totals().await.0 == 1
+    })
+    .await;
+    // Every stream key of `inbound` becomes a string: reads fail with WRONGTYPE (not an
+    // unavailable Redis, which the backend would wait out), and so does creating the group again,
+    // so each restarted worker fails too, until the restarts run out.
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let raw = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis).unwrap())
+        .build()
+        .unwrap();
+    fred::prelude::ClientLike::init(&raw).await.unwrap();
+    for stream in h.inbound().keys().streams() {
+        let _: () = fred::prelude::KeysInterface::del(&raw, stream.as_str())
+            .await
+            .unwrap();
+        let _: () = fred::prelude::KeysInterface::set(
+            &raw,
+            stream.as_str(),
+            "not a stream",
+            None,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("run gives up")
+        .unwrap();
+    let error = ended.expect_err("run fails once the restarts run out");
+    assert!(error.to_string().contains("restarts"), "{error}");
+    assert!(shutdown.is_cancelled(), "the process is told to stop");
+    for stream in h.inbound().keys().streams() {
+        let _: () = fred::prelude::KeysInterface::del(&raw, stream.as_str())
+            .await
+            .unwrap();
+    }
+    h.cleanup().await;
+}
