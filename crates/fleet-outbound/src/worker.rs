@@ -1,31 +1,43 @@
-//! The send loop: read `outbound` in batches, send each reply with bounded concurrency, settle it.
+//! The send worker: an apalis worker (ADR 0001) on `outbound` through
+//! [`fleet_queue::apalis_backend::StreamsBackend`] in single mode, one delivery per task.
 //!
-//! Shape: one reader (the [`fleet_queue::Consumer`]) hands deliveries to at most `concurrency` send tasks in a
-//! [`JoinSet`]; each task decodes, finds the tenant, checks the "already sent" record, waits for
-//! the shared rate limits (or defers the job), sends, classifies, and settles failures itself
-//! (retry, dead letter). Successes go through a bounded channel to the recorder, which writes
-//! results to Postgres in batches and acknowledges the jobs only after their record is committed:
-//! a redelivered job whose send succeeded finds its record and is acknowledged without a second
-//! send. Shutdown order: stop reading, let sends in flight finish (bounded by the drain timeout),
-//! flush the recorder, acknowledge, return.
+//! Shape: the backend reads in batches of `batch_size` and hands out one delivery at a time;
+//! apalis's `.concurrency(n)` bounds the handlers in flight. Each handler decodes, finds the
+//! tenant, checks the "already sent" record, waits for the shared rate limits, sends, classifies,
+//! and returns what the backend's middleware settles: `Ok` acknowledges, [`JobError::Retry`] goes
+//! to the delayed set counting an attempt, [`JobError::Fatal`] dead-letters,
+//! [`JobError::Defer`] waits without counting one (rate limits, Postgres or the limiter away).
+//! Results go through a bounded channel to the recorder, which writes them to Postgres in
+//! batches; a successful send's handler waits for its batch to commit before it returns `Ok`, so
+//! the acknowledgement always follows the record: a redelivered job whose send succeeded finds its
+//! record and is acknowledged without a second send. Shutdown (the [`Shutdown`] token drives
+//! `Monitor::run_with_signal`): stop reading, let handlers in flight finish (bounded by the drain
+//! timeout), give back deliveries read but never started, then flush the recorder.
 
 use std::{
     collections::HashMap,
     num::NonZeroU32,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
+use apalis::{
+    layers::tracing::{DefaultOnFailure, TraceLayer},
+    prelude::{Data, Event, Monitor, WorkerBuilder, WorkerBuilderExt},
+};
 use fleet_core::{OUTBOUND_QUEUE, OutboundBody, OutboundMessage, Provider};
-use fleet_queue::{Broker, ConsumerOptions, Delivery, RetryAfter, RetryOutcome, Settler};
+use fleet_queue::{
+    Broker, ConsumerOptions, Delivery, RetryAfter,
+    apalis_backend::{JobError, StreamsBackend},
+};
 use fleet_runtime::{Shutdown, TenantsHandle, tenants::Tenant};
 use fleet_store::{OutboundRecord, OutboundState, Store};
 use governor::{DefaultDirectRateLimiter, Quota};
 use rand::Rng;
-use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
-    task::JoinSet,
-};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::{
@@ -41,29 +53,30 @@ use crate::{
 const LEDGER_UNAVAILABLE_PAUSE: Duration = Duration::from_secs(5);
 /// How long a job waits when the rate limiter cannot be asked (Redis away).
 const LIMITER_UNAVAILABLE_PAUSE: Duration = Duration::from_secs(2);
-/// Pause of the reader after a failed read, so a Redis outage is not a busy loop.
-const READ_ERROR_PAUSE: Duration = Duration::from_millis(500);
 /// Most local waits for a reserved slot before deferring instead (a reserved slot lets the job go
 /// on the first check after it; this bounds the loop if clocks disagree).
 const MAX_LOCAL_ROUNDS: usize = 3;
+/// How many times, in all, the worker is restarted after it ended with an error (its consumer
+/// could not be created, or a read failed with something else than an unavailable Redis) before
+/// `run` fails, so a persistent fault ends the process rather than spinning.
+pub const RESTARTS_MAX: usize = 20;
 
-/// Everything a send task needs, shared.
+/// Everything a handler needs, shared.
 struct Ctx {
     config: OutboundConfig,
     meta: MetaClient,
     twilio: TwilioClient,
     limiter: RateLimiter,
     local: LocalLimiters,
-    store: Store,
     tenants: TenantsHandle,
-    /// The reader's settle handle (ack, retry, defer, dead letter), shared by the send tasks while
-    /// the reader keeps `&mut` for `next_batch`.
-    settler: Settler,
+    store: Store,
+    /// To the recorder.
+    record_tx: mpsc::Sender<Recorded>,
 }
 
-/// A success waiting for its record before its acknowledgement.
+/// A result for the recorder; `committed` hears whether its batch was written.
 struct Recorded {
-    delivery: Option<Delivery>,
+    committed: Option<oneshot::Sender<bool>>,
     record: OutboundRecord,
 }
 
@@ -108,12 +121,6 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let queue = broker.queue(OUTBOUND_QUEUE);
-    let options = ConsumerOptions {
-        batch_size: config.batch_size,
-        ..ConsumerOptions::new("outbound")
-    };
-    let mut reader = queue.consumer(options).await?;
-    let settler = reader.settler();
     let limiter = RateLimiter::new(
         &broker,
         LimiterOptions {
@@ -121,77 +128,93 @@ pub async fn run(
             grace: Duration::from_millis(config.reservation_grace_ms),
         },
     );
+    let (record_tx, record_rx) = mpsc::channel::<Recorded>(config.record_batch * 2);
+    // The recorder outlives the workers: handlers wait on it until the monitor returns.
+    let recorder_stop = Shutdown::new();
+    let recorder = tokio::spawn(record_loop(
+        store.clone(),
+        config.record_batch,
+        Duration::from_millis(config.record_linger_ms),
+        record_rx,
+        recorder_stop.clone(),
+    ));
+    let (concurrency, batch_size) = (config.concurrency, config.batch_size);
+    let drain = Duration::from_millis(config.drain_timeout_ms);
     let ctx = Arc::new(Ctx {
         meta: MetaClient::new(http.clone(), &config.meta_api_base),
         twilio: TwilioClient::new(http, &config.twilio_api_base),
         limiter,
         local: LocalLimiters::default(),
-        store,
         tenants,
-        settler,
+        store,
+        record_tx,
         config,
     });
-    info!(
-        concurrency = ctx.config.concurrency,
-        batch = ctx.config.batch_size,
-        "outbound worker started"
-    );
 
-    let (record_tx, record_rx) = mpsc::channel::<Recorded>(ctx.config.record_batch * 2);
-    let recorder = tokio::spawn(record_loop(ctx.clone(), record_rx));
-    let permits = Arc::new(Semaphore::new(ctx.config.concurrency));
-    let mut tasks: JoinSet<()> = JoinSet::new();
-
-    'read: while !shutdown.is_cancelled() {
-        while let Some(joined) = tasks.try_join_next() {
-            if let Err(e) = joined
-                && e.is_panic()
+    let (stopping, gave_up) = (shutdown.clone(), Arc::new(AtomicBool::new(false)));
+    let failed = gave_up.clone();
+    let monitor = Monitor::new()
+        .should_restart(move |worker, error| {
+            let restart = !stopping.is_cancelled() && worker.restarts() < RESTARTS_MAX;
+            warn!(%error, restart, "the outbound worker ended");
+            if !restart && !stopping.is_cancelled() {
+                // Out of restarts: end the process rather than run with no worker unnoticed (the
+                // monitor's result does not say, hence the flag).
+                failed.store(true, Ordering::SeqCst);
+                stopping.cancel();
+            }
+            restart
+        })
+        .on_event(|_, event| {
+            // A handler's `JobError` is an outcome, logged and counted by the handler. Anything
+            // else is a caught panic (retried with backoff) or a settlement that failed (Redis
+            // away: the entry stays pending and stalled recovery hands it out again).
+            if let Event::Error(e) = event
+                && e.downcast_ref::<JobError>().is_none()
             {
-                error!("a send task panicked; its job stays pending and will be recovered");
+                warn!(error = %e, "an outbound task failed or could not be settled");
             }
-        }
-        let batch = tokio::select! {
-            b = reader.next_batch() => b,
-            () = shutdown.cancelled() => break 'read,
-        };
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(error = %e, "reading the outbound queue failed");
-                tokio::select! {
-                    () = tokio::time::sleep(READ_ERROR_PAUSE) => continue 'read,
-                    () = shutdown.cancelled() => break 'read,
-                }
-            }
-        };
-        for delivery in batch {
-            // Waiting for a permit is the backpressure: at most `concurrency` sends in flight, and
-            // the rest of this batch (bounded by `batch_size`) waits in memory.
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break 'read;
+        })
+        // Beyond it the monitor drops the handlers still running: their entries stay pending and
+        // stalled recovery hands them out again (the "already sent" record guards a redelivery).
+        .shutdown_timeout(drain)
+        .register(move |_restarts| {
+            // A fresh consumer name on every restart.
+            let options = ConsumerOptions {
+                batch_size,
+                ..ConsumerOptions::new("outbound")
             };
-            tasks.spawn(process(ctx.clone(), delivery, permit, record_tx.clone()));
-        }
-    }
-
-    info!(
-        in_flight = tasks.len(),
-        "outbound worker stopping: draining sends in flight"
-    );
-    let drain = Duration::from_millis(ctx.config.drain_timeout_ms);
-    let drained =
-        tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        warn!(
-            left = tasks.len(),
-            "sends still in flight after the drain timeout; their jobs stay pending and will be recovered"
-        );
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-    }
-    drop(record_tx);
+            WorkerBuilder::new("outbound")
+                .backend(
+                    // Handlers plus settlements in flight: every handler, and one read's worth of
+                    // settlements behind them.
+                    StreamsBackend::single(queue.clone(), options)
+                        .in_flight_limit(concurrency + batch_size),
+                )
+                .data(ctx.clone())
+                .concurrency(concurrency)
+                .catch_panic()
+                // Retries and deferrals are ordinary outcomes here: traced at debug, not error.
+                .layer(
+                    TraceLayer::new()
+                        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+                )
+                .build(handle)
+        });
+    info!(concurrency, batch = batch_size, "outbound worker started");
+    let signal = async move {
+        shutdown.cancelled().await;
+        Ok(())
+    };
+    let result = monitor.run_with_signal(signal).await;
+    // Every handler has returned (or was dropped at the drain timeout): flush what is left.
+    recorder_stop.cancel();
     if let Err(e) = recorder.await {
         error!(error = %e, "the recorder task failed");
+    }
+    result.map_err(|e| anyhow::anyhow!("outbound worker failed: {e}"))?;
+    if gave_up.load(Ordering::SeqCst) {
+        anyhow::bail!("the outbound worker failed {RESTARTS_MAX} restarts; stopped the process");
     }
     info!("outbound worker stopped");
     Ok(())
@@ -248,54 +271,51 @@ fn record_for(
     }
 }
 
-/// One delivery, start to settlement. Errors of settlement calls are logged: the entry then stays
-/// pending and stalled recovery hands it out again, where the "already sent" record protects it.
-async fn process(
-    ctx: Arc<Ctx>,
-    d: Delivery,
-    permit: OwnedSemaphorePermit,
-    record_tx: mpsc::Sender<Recorded>,
-) {
-    let _permit = permit;
+/// A dead letter with `reason`, counted.
+fn dead(reason: &str, error: String) -> JobError {
+    metrics::counter!("fleet_outbound_dead_lettered_total", "reason" => reason.to_owned())
+        .increment(1);
+    JobError::Fatal {
+        reason: reason.to_owned(),
+        error,
+    }
+}
+
+/// A deferral (no attempt counted), counted by `reason`.
+fn defer(delay: Duration, reason: &'static str) -> JobError {
+    metrics::counter!("fleet_outbound_deferred_total", "reason" => reason).increment(1);
+    JobError::Defer(delay)
+}
+
+/// The apalis handler: one delivery, start to outcome. The backend's middleware settles the
+/// outcome; a settlement that fails leaves the entry pending, and stalled recovery hands it out
+/// again, where the "already sent" record protects it.
+async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
     let _in_flight = InFlight::enter();
-    let c = &ctx.settler;
-    let message: OutboundMessage = match d.decode() {
-        Ok(m) => m,
-        Err(e) => {
-            // A decode error may quote the field it choked on (a number): masked like provider text.
-            settle_dead(c, &d, "decode", &crate::classify::mask(&e.to_string())).await;
-            return;
-        }
-    };
+    let message: OutboundMessage = d.decode().map_err(|e| {
+        // A decode error may quote the field it choked on (a number): masked like provider text.
+        dead("decode", crate::classify::mask(&e.to_string()))
+    })?;
     let tenants = ctx.tenants.current();
     let Some(tenant) = tenants.get(&message.tenant) else {
-        settle_dead(
-            c,
-            &d,
+        return Err(dead(
             "unknown_tenant",
-            &format!("no tenant {:?} in the tenants file", message.tenant),
-        )
-        .await;
-        return;
+            format!("no tenant {:?} in the tenants file", message.tenant),
+        ));
     };
     let provider = message.provider;
     let Some((scope, sender_rate)) = sender_of(tenant, provider, ctx.config.sender_burst) else {
         let error = format!("tenant {:?} has no {provider} settings", tenant.id);
-        settle_dead(c, &d, "no_provider", &error).await;
-        record(
-            &record_tx,
+        let rec = record_for(
+            &d,
+            &message,
+            OutboundState::Failed,
+            d.attempts + 1,
+            Some(error.clone()),
             None,
-            record_for(
-                &d,
-                &message,
-                OutboundState::Failed,
-                d.attempts + 1,
-                Some(error),
-                None,
-            ),
-        )
-        .await;
-        return;
+        );
+        record(&ctx.record_tx, None, rec).await;
+        return Err(dead("no_provider", error));
     };
 
     if ctx.config.check_sent.applies(d.attempts) {
@@ -303,23 +323,17 @@ async fn process(
             Ok(Some(_)) => {
                 // Sent before and recorded (a redelivery after a crash between record and ack).
                 metrics::counter!("fleet_outbound_already_sent_total", "provider" => provider.as_str()).increment(1);
-                if let Err(e) = c.ack(&[&d]).await {
-                    warn!(job = %d.job_id, error = %e, "acknowledging an already-sent job failed");
-                }
-                return;
+                return Ok(());
             }
             Ok(None) => {}
             Err(e) => {
                 warn!(job = %d.job_id, error = %e, "cannot read the sent record; deferring the job");
-                settle_defer(c, &d, LEDGER_UNAVAILABLE_PAUSE, "ledger").await;
-                return;
+                return Err(defer(LEDGER_UNAVAILABLE_PAUSE, "ledger"));
             }
         }
     }
 
-    if !admit(&ctx, &d, &message, &scope, sender_rate).await {
-        return;
-    }
+    admit(&ctx, &d, &message, &scope, sender_rate).await?;
 
     let started = Instant::now();
     let outcome = match provider {
@@ -350,60 +364,62 @@ async fn process(
                 None,
                 Some(provider_message_id),
             );
-            record(&record_tx, Some(d), rec).await;
+            // Record before ack: `Ok` (the acknowledgement) only once the batch is committed.
+            let (committed, written) = oneshot::channel();
+            record(&ctx.record_tx, Some(committed), rec).await;
+            if written.await.unwrap_or(false) {
+                return Ok(());
+            }
+            // Sent but not recorded (Postgres stayed away through the recorder's retries): the
+            // retry counts an attempt, so the redelivery looks the record up again; without one
+            // it is sent again (the double-send window the README describes).
+            Err(JobError::Retry {
+                after: RetryAfter::Backoff,
+                error: "sent, but the result could not be recorded".into(),
+            })
         }
         SendOutcome::Retry { after, reason } | SendOutcome::RateLimited { after, reason } => {
             let how = after.map_or(RetryAfter::Backoff, RetryAfter::Exactly);
             debug!(job = %d.job_id, tenant = %message.tenant, %provider, %reason, "send failed; retrying");
-            let state = match c.retry(&d, how, &reason).await {
-                Ok(RetryOutcome::DeadLettered) => OutboundState::Failed,
-                Ok(_) => OutboundState::Queued,
-                Err(e) => {
-                    warn!(job = %d.job_id, error = %e, "scheduling a retry failed; the job stays pending");
-                    return;
-                }
+            // The backend's retry dead-letters (`max_attempts`) when no attempt is left.
+            let state = if attempts >= d.max_attempts {
+                OutboundState::Failed
+            } else {
+                OutboundState::Queued
             };
-            record(
-                &record_tx,
-                None,
-                record_for(&d, &message, state, attempts, Some(reason), None),
-            )
-            .await;
+            let rec = record_for(&d, &message, state, attempts, Some(reason.clone()), None);
+            record(&ctx.record_tx, None, rec).await;
+            Err(JobError::Retry {
+                after: how,
+                error: reason,
+            })
         }
         SendOutcome::Permanent { reason } => {
             info!(job = %d.job_id, tenant = %message.tenant, %provider, %reason, "permanent send failure; dead-lettered");
-            settle_dead(c, &d, "permanent", &reason).await;
-            record(
-                &record_tx,
+            let rec = record_for(
+                &d,
+                &message,
+                OutboundState::Failed,
+                attempts,
+                Some(reason.clone()),
                 None,
-                record_for(
-                    &d,
-                    &message,
-                    OutboundState::Failed,
-                    attempts,
-                    Some(reason),
-                    None,
-                ),
-            )
-            .await;
+            );
+            record(&ctx.record_tx, None, rec).await;
+            Err(dead("permanent", reason))
         }
         SendOutcome::AuthFailed { reason } => {
             error!(tenant = %message.tenant, %provider, %reason, "the provider refused the tenant's credentials");
             metrics::counter!("fleet_outbound_auth_failures_total", "tenant" => message.tenant.clone()).increment(1);
-            settle_dead(c, &d, "auth", &reason).await;
-            record(
-                &record_tx,
+            let rec = record_for(
+                &d,
+                &message,
+                OutboundState::Failed,
+                attempts,
+                Some(reason.clone()),
                 None,
-                record_for(
-                    &d,
-                    &message,
-                    OutboundState::Failed,
-                    attempts,
-                    Some(reason),
-                    None,
-                ),
-            )
-            .await;
+            );
+            record(&ctx.record_tx, None, rec).await;
+            Err(dead("auth", reason))
         }
     }
 }
@@ -424,8 +440,14 @@ impl Drop for InFlight {
     }
 }
 
-/// Waits for the rate limits. True: send now. False: the job was deferred (or left pending).
-async fn admit(ctx: &Ctx, d: &Delivery, m: &OutboundMessage, scope: &str, sender: Rate) -> bool {
+/// Waits for the rate limits. `Ok`: send now. `Err`: the deferral to return.
+async fn admit(
+    ctx: &Ctx,
+    d: &Delivery,
+    m: &OutboundMessage,
+    scope: &str,
+    sender: Rate,
+) -> Result<(), JobError> {
     let local_max = Duration::from_millis(ctx.config.local_wait_max_ms);
     // Local smoothing: space this process's own admissions before asking Redis. A timeout here is
     // fine: Redis decides.
@@ -448,7 +470,7 @@ async fn admit(ctx: &Ctx, d: &Delivery, m: &OutboundMessage, scope: &str, sender
     };
     for _ in 0..MAX_LOCAL_ROUNDS {
         match ctx.limiter.admit(&request).await {
-            Ok(Admission::Go) => return true,
+            Ok(Admission::Go) => return Ok(()),
             Ok(Admission::Wait {
                 wait,
                 reserved,
@@ -467,25 +489,16 @@ async fn admit(ctx: &Ctx, d: &Delivery, m: &OutboundMessage, scope: &str, sender
                     reserved,
                     Duration::from_millis(ctx.config.reservation_horizon_ms),
                 );
-                settle_defer(&ctx.settler, d, delay, label).await;
-                return false;
+                return Err(defer(delay, label));
             }
             Err(e) => {
                 warn!(job = %d.job_id, error = %e, "the rate limiter is unavailable; deferring the job");
-                settle_defer(&ctx.settler, d, LIMITER_UNAVAILABLE_PAUSE, "limiter").await;
-                return false;
+                return Err(defer(LIMITER_UNAVAILABLE_PAUSE, "limiter"));
             }
         }
     }
     // Still not admitted after waiting for a reserved slot: let the delayed set hold it.
-    settle_defer(
-        &ctx.settler,
-        d,
-        local_max.max(Duration::from_millis(1)),
-        "sender",
-    )
-    .await;
-    false
+    Err(defer(local_max.max(Duration::from_millis(1)), "sender"))
 }
 
 /// The delay of a deferred job: exactly until its reserved slot (rounded up to the millisecond),
@@ -500,42 +513,35 @@ pub fn defer_delay(wait: Duration, reserved: bool, horizon: Duration) -> Duratio
     base.mul_f64(rand::rng().random_range(0.9..1.1))
 }
 
-async fn settle_dead(c: &Settler, d: &Delivery, reason: &str, error: &str) {
-    metrics::counter!("fleet_outbound_dead_lettered_total", "reason" => reason.to_owned())
-        .increment(1);
-    if let Err(e) = c.dead_letter(d, reason, error).await {
-        warn!(job = %d.job_id, error = %e, "dead-lettering failed; the job stays pending");
-    }
-}
-
-async fn settle_defer(c: &Settler, d: &Delivery, delay: Duration, reason: &'static str) {
-    metrics::counter!("fleet_outbound_deferred_total", "reason" => reason).increment(1);
-    if let Err(e) = c.defer(d, delay).await {
-        warn!(job = %d.job_id, error = %e, "deferring failed; the job stays pending");
-    }
-}
-
-/// Hands a result to the recorder; `ack` is the delivery to acknowledge once it is written.
-async fn record(tx: &mpsc::Sender<Recorded>, ack: Option<Delivery>, record: OutboundRecord) {
-    if tx
-        .send(Recorded {
-            delivery: ack,
-            record,
-        })
-        .await
-        .is_err()
-    {
+/// Hands a result to the recorder; `committed` hears whether its batch was written.
+async fn record(
+    tx: &mpsc::Sender<Recorded>,
+    committed: Option<oneshot::Sender<bool>>,
+    record: OutboundRecord,
+) {
+    // A closed channel drops `committed`, which its handler reads as "not written".
+    if tx.send(Recorded { committed, record }).await.is_err() {
         error!("the recorder stopped; a result was not recorded");
     }
 }
 
-/// Writes results in batches and acknowledges successes once their batch is committed.
-async fn record_loop(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Recorded>) {
-    let max = ctx.config.record_batch;
-    let linger = Duration::from_millis(ctx.config.record_linger_ms);
+/// Writes results in batches of up to `max`, each at most `linger` after its first result, and
+/// tells each waiting handler once its batch is committed. Runs until `stop`, then writes what is
+/// left.
+async fn record_loop(
+    store: Store,
+    max: usize,
+    linger: Duration,
+    mut rx: mpsc::Receiver<Recorded>,
+    stop: Shutdown,
+) {
     let mut buf: Vec<Recorded> = Vec::with_capacity(max);
     loop {
-        let Some(first) = rx.recv().await else { break };
+        let first = tokio::select! {
+            r = rx.recv() => r,
+            () = stop.cancelled() => None,
+        };
+        let Some(first) = first else { break };
         buf.push(first);
         let deadline = tokio::time::Instant::now() + linger;
         while buf.len() < max {
@@ -544,23 +550,31 @@ async fn record_loop(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Recorded>) {
                 Ok(None) | Err(_) => break,
             }
         }
-        flush(&ctx, &mut buf).await;
+        flush(&store, &mut buf).await;
     }
-    flush(&ctx, &mut buf).await;
+    // Stopped: every handler is gone, so what is in the channel is all there will be.
+    while let Ok(r) = rx.try_recv() {
+        buf.push(r);
+        if buf.len() >= max {
+            flush(&store, &mut buf).await;
+        }
+    }
+    flush(&store, &mut buf).await;
 }
 
-async fn flush(ctx: &Ctx, buf: &mut Vec<Recorded>) {
+async fn flush(store: &Store, buf: &mut Vec<Recorded>) {
     if buf.is_empty() {
         return;
     }
     let rows: Vec<OutboundRecord> = buf.iter().map(|r| r.record.clone()).collect();
     let started = Instant::now();
-    // The write is retried with a growing pause, bounded: while it fails nothing is acknowledged,
-    // the channel fills, and the reader stops (backpressure instead of unbounded memory).
+    // The write is retried with a growing pause, bounded: while it fails no handler returns, the
+    // channel fills, the handlers' slots stay taken, and the worker reads no more (backpressure
+    // instead of unbounded memory).
     let mut pause = Duration::from_millis(100);
     let mut written = false;
     for attempt in 1..=8 {
-        match ctx.store.record_outbound_results(&rows).await {
+        match store.record_outbound_results(&rows).await {
             Ok(()) => {
                 written = true;
                 break;
@@ -576,23 +590,17 @@ async fn flush(ctx: &Ctx, buf: &mut Vec<Recorded>) {
     metrics::histogram!("fleet_outbound_record_duration_seconds")
         .record(started.elapsed().as_secs_f64());
     if !written {
-        // Unacknowledged, the sent jobs will be redelivered by stalled recovery and sent again:
-        // the one double-send window this design leaves open when Postgres stays away.
         error!(
             rows = rows.len(),
-            "giving up recording send results; their jobs stay pending"
+            "giving up recording send results; their sent jobs are retried"
         );
-        buf.clear();
-        return;
     }
-    let acks: Vec<&Delivery> = buf.iter().filter_map(|r| r.delivery.as_ref()).collect();
-    if !acks.is_empty()
-        && let Err(e) = ctx.settler.ack(&acks).await
-    {
-        // Recorded but not acknowledged: a redelivery finds the record and is not sent again.
-        warn!(n = acks.len(), error = %e, "acknowledging sent jobs failed");
+    for r in buf.drain(..) {
+        if let Some(committed) = r.committed {
+            // A handler dropped at the drain timeout no longer listens: nothing to tell.
+            let _ = committed.send(written);
+        }
     }
-    buf.clear();
 }
 
 #[cfg(test)]
