@@ -531,8 +531,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
     for (name, pid) in children.pids() {
         load.args(["--watch", &format!("{name}={pid}")]);
     }
-    // A local Redis too, for its share of the CPU (Postgres works in per-connection backends,
-    // so it shows only in the machine's total).
+    // A local Redis and the local Postgres processes (its per-connection backends do the
+    // work) too, for their share of the CPU.
     if let Ok(out) = Command::new("pgrep")
         .args(["-o", "-x", "redis-server"])
         .output()
@@ -541,6 +541,14 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
             .next()
     {
         load.args(["--watch", &format!("redis-server={pid}")]);
+    }
+    if let Ok(out) = Command::new("pgrep").args(["-x", "postgres"]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .take(64)
+        {
+            load.args(["--watch", &format!("postgres={pid}")]);
+        }
     }
     // The generator stays in our process group: its progress bar is on our terminal, and a
     // Ctrl-C reaches it directly.
