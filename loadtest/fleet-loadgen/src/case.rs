@@ -338,6 +338,18 @@ impl Case {
         }
     }
 
+    /// Highest target rate of the run.
+    pub fn peak_rate(&self) -> f64 {
+        match self.profile {
+            Profile::Stress => self.step_plan().last().map_or(self.rate, |s| s.1),
+            Profile::Spike => self
+                .spike
+                .as_ref()
+                .map_or(self.rate, |s| s.rate.max(self.rate)),
+            _ => self.rate,
+        }
+    }
+
     /// Overrides the rate and duration from the command line (not for stress).
     pub fn with_overrides(mut self, rate: Option<f64>, duration_secs: Option<u64>) -> Result<Case> {
         if let Some(r) = rate {
@@ -376,6 +388,7 @@ mod tests {
         assert_eq!(c.rate_at(0.0), 1000.0);
         assert_eq!(c.rate_at(15.0), 1500.0);
         assert_eq!(c.rate_at(29.9), 2000.0);
+        assert_eq!(c.peak_rate(), 2000.0);
     }
 
     #[test]
@@ -392,6 +405,7 @@ mod tests {
         assert_eq!(c.rate_at(9.0), 100.0);
         assert_eq!(c.rate_at(12.0), 1000.0);
         assert_eq!(c.rate_at(15.0), 100.0);
+        assert_eq!(c.peak_rate(), 1000.0);
         c.mix.returning = 1.5;
         assert!(c.validate().is_err());
     }
