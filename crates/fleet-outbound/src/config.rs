@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::http::HttpConfig;
 
-/// Default sends in flight per process (the send is I/O bound: concurrency, not CPU, sets throughput).
+/// Default handlers in flight per process (the send is I/O bound: concurrency, not CPU, sets throughput).
 pub const CONCURRENCY_DEFAULT: usize = 256;
 /// Default entries read from the queue at once.
 pub const BATCH_SIZE_DEFAULT: usize = 100;
@@ -53,7 +53,7 @@ impl SentCheck {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutboundConfig {
-    /// Sends in flight at once per process.
+    /// Handlers in flight at once per process: a send, or a sent result waiting for its record.
     pub concurrency: usize,
     /// Entries read from the queue at once.
     pub batch_size: usize,
@@ -76,7 +76,7 @@ pub struct OutboundConfig {
     pub record_batch: usize,
     /// Longest a result waits before its batch is written, in milliseconds.
     pub record_linger_ms: u64,
-    /// Time a shutdown waits for sends in flight, in milliseconds.
+    /// Time a shutdown waits for handlers in flight (the monitor's shutdown timeout), in milliseconds.
     pub drain_timeout_ms: u64,
     /// The HTTP client.
     pub http: HttpConfig,

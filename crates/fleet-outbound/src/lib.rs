@@ -56,6 +56,6 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         "fleet_outbound_in_flight",
-        "Send tasks in flight in this process."
+        "Send handlers in flight in this process."
     );
 }

@@ -2,7 +2,9 @@
 //! [`fleet_queue::apalis_backend::StreamsBackend`] in single mode, one delivery per task.
 //!
 //! Shape: the backend reads in batches of `batch_size` and hands out one delivery at a time;
-//! apalis's `.concurrency(n)` bounds the handlers in flight. Each handler decodes, finds the
+//! apalis's `.concurrency(n)` bounds the handlers in flight (`concurrency` sends plus the sent
+//! results waiting for their record), and a semaphore of `concurrency` bounds the sends among
+//! them. Each handler decodes, finds the
 //! tenant, checks the "already sent" record, waits for the shared rate limits, sends, classifies,
 //! and returns what the backend's middleware settles: `Ok` acknowledges, [`JobError::Retry`] goes
 //! to the delayed set counting an attempt, [`JobError::Fatal`] dead-letters,
@@ -37,7 +39,7 @@ use fleet_runtime::{Shutdown, TenantsHandle, tenants::Tenant};
 use fleet_store::{OutboundRecord, OutboundState, Store};
 use governor::{DefaultDirectRateLimiter, Quota};
 use rand::Rng;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::{
@@ -72,6 +74,10 @@ struct Ctx {
     store: Store,
     /// To the recorder.
     record_tx: mpsc::Sender<Recorded>,
+    /// Sends in flight: `concurrency`. A handler holds a permit from its start until its result
+    /// is in the recorder's channel, not while it waits for the batch to commit, so waiting for
+    /// Postgres does not take a send slot (apalis's own limit counts those waiting handlers too).
+    sends: Arc<Semaphore>,
 }
 
 /// A result for the recorder; `committed` hears whether its batch was written.
@@ -139,6 +145,9 @@ pub async fn run(
         recorder_stop.clone(),
     ));
     let (concurrency, batch_size) = (config.concurrency, config.batch_size);
+    // Handlers: every send in flight plus every sent result waiting for its batch (the recorder's
+    // channel holds at most `2 * record_batch`), the same bound the results had before apalis.
+    let handlers = concurrency + 2 * config.record_batch;
     let drain = Duration::from_millis(config.drain_timeout_ms);
     let ctx = Arc::new(Ctx {
         meta: MetaClient::new(http.clone(), &config.meta_api_base),
@@ -148,6 +157,7 @@ pub async fn run(
         tenants,
         store,
         record_tx,
+        sends: Arc::new(Semaphore::new(concurrency)),
         config,
     });
 
@@ -189,10 +199,10 @@ pub async fn run(
                     // Handlers plus settlements in flight: every handler, and one read's worth of
                     // settlements behind them.
                     StreamsBackend::single(queue.clone(), options)
-                        .in_flight_limit(concurrency + batch_size),
+                        .in_flight_limit(handlers + batch_size),
                 )
                 .data(ctx.clone())
-                .concurrency(concurrency)
+                .concurrency(handlers)
                 .catch_panic()
                 // Retries and deferrals are ordinary outcomes here: traced at debug, not error.
                 .layer(
@@ -291,7 +301,9 @@ fn defer(delay: Duration, reason: &'static str) -> JobError {
 /// outcome; a settlement that fails leaves the entry pending, and stalled recovery hands it out
 /// again, where the "already sent" record protects it.
 async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
-    let _in_flight = InFlight::enter();
+    // Fair (FIFO) and never closed. Dropped with the gauge's guard once the send is over.
+    let permit = ctx.sends.clone().acquire_owned().await;
+    let send_slot = (permit, InFlight::enter());
     let message: OutboundMessage = d.decode().map_err(|e| {
         // A decode error may quote the field it choked on (a number): masked like provider text.
         dead("decode", crate::classify::mask(&e.to_string()))
@@ -367,6 +379,8 @@ async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
             // Record before ack: `Ok` (the acknowledgement) only once the batch is committed.
             let (committed, written) = oneshot::channel();
             record(&ctx.record_tx, Some(committed), rec).await;
+            // In the channel: the send slot is free for the next job while this one waits.
+            drop(send_slot);
             if written.await.unwrap_or(false) {
                 return Ok(());
             }
