@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::http::HttpConfig;
 
-/// Default handlers in flight per process (the send is I/O bound: concurrency, not CPU, sets throughput).
+/// Default sends in flight per process (the send is I/O bound: concurrency, not CPU, sets throughput).
 pub const CONCURRENCY_DEFAULT: usize = 256;
 /// Default entries read from the queue at once.
 pub const BATCH_SIZE_DEFAULT: usize = 100;
@@ -53,7 +53,8 @@ impl SentCheck {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutboundConfig {
-    /// Handlers in flight at once per process: a send, or a sent result waiting for its record.
+    /// Sends in flight at once per process (apalis runs up to `concurrency + 2 * record_batch`
+    /// handlers: the sends, and the sent results waiting for their record).
     pub concurrency: usize,
     /// Entries read from the queue at once.
     pub batch_size: usize,

@@ -56,6 +56,6 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         "fleet_outbound_in_flight",
-        "Send handlers in flight in this process."
+        "Sends in flight in this process (handlers holding a send slot)."
     );
 }
