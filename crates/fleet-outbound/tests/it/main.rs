@@ -6,3 +6,4 @@ mod support;
 mod crash;
 mod limits;
 mod sends;
+mod shutdown;

@@ -148,8 +148,8 @@ impl TestEnv {
             .job_id
     }
 
-    /// Stops the worker (asserting it stopped cleanly) and deletes every key and the database.
-    pub(crate) async fn stop(mut self) {
+    /// Shuts every worker down gracefully, asserting each stopped cleanly and in time.
+    pub(crate) async fn stop_workers(&mut self) {
         for (s, _) in &self.workers {
             s.cancel();
         }
@@ -159,6 +159,11 @@ impl TestEnv {
                 .expect("worker stops in time");
             res.expect("worker task").expect("worker result");
         }
+    }
+
+    /// Stops the worker (asserting it stopped cleanly) and deletes every key and the database.
+    pub(crate) async fn stop(mut self) {
+        self.stop_workers().await;
         delete_keys(&self.prefix).await;
         self.db.cleanup().await;
     }
