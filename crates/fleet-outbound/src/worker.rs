@@ -78,6 +78,8 @@ struct Ctx {
     /// is in the recorder's channel, not while it waits for the batch to commit, so waiting for
     /// Postgres does not take a send slot (apalis's own limit counts those waiting handlers too).
     sends: Arc<Semaphore>,
+    /// The process's shutdown: a handler still waiting for a send slot then gives its job back.
+    shutdown: Shutdown,
 }
 
 /// A result for the recorder; `committed` hears whether its batch was written.
@@ -158,6 +160,7 @@ pub async fn run(
         store,
         record_tx,
         sends: Arc::new(Semaphore::new(concurrency)),
+        shutdown: shutdown.clone(),
         config,
     });
 
@@ -301,8 +304,14 @@ fn defer(delay: Duration, reason: &'static str) -> JobError {
 /// outcome; a settlement that fails leaves the entry pending, and stalled recovery hands it out
 /// again, where the "already sent" record protects it.
 async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
-    // Fair (FIFO) and never closed. Dropped with the gauge's guard once the send is over.
-    let permit = ctx.sends.clone().acquire_owned().await;
+    // Fair (FIFO) and never closed. Dropped with the gauge's guard once the send is over. A job
+    // still waiting for a slot when shutdown begins has not started: it goes back to the queue
+    // (due now, no attempt counted) instead of making the drain wait for its send.
+    let permit = tokio::select! {
+        biased;
+        () = ctx.shutdown.cancelled() => return Err(JobError::Defer(Duration::ZERO)),
+        permit = ctx.sends.clone().acquire_owned() => permit,
+    };
     let send_slot = (permit, InFlight::enter());
     let message: OutboundMessage = d.decode().map_err(|e| {
         // A decode error may quote the field it choked on (a number): masked like provider text.
