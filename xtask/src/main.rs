@@ -80,7 +80,14 @@ fn main() -> Result<()> {
             fmt.args(["fmt", "--all", "--check"]);
             run(fmt)?;
             let mut clippy = cargo();
-            clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+            clippy.args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]);
             run(clippy)?;
             test(&[])
         }

@@ -26,8 +26,11 @@ fn host_port(url: &str, default_port: u16) -> Option<SocketAddr> {
     let rest = url.split_once("://")?.1;
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     let hostport = rest.split(['/', '?']).next()?;
-    let with_port =
-        if hostport.contains(':') { hostport.to_owned() } else { format!("{hostport}:{default_port}") };
+    let with_port = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:{default_port}")
+    };
     with_port.to_socket_addrs().ok()?.next()
 }
 
@@ -43,7 +46,10 @@ fn wait_for(addr: SocketAddr, what: &str) -> Result<()> {
         }
         sleep(Duration::from_millis(200));
     }
-    bail!("{what} did not start answering on {addr} within {}s", START_TIMEOUT.as_secs())
+    bail!(
+        "{what} did not start answering on {addr} within {}s",
+        START_TIMEOUT.as_secs()
+    )
 }
 
 fn installed(program: &str) -> bool {
@@ -54,7 +60,10 @@ fn installed(program: &str) -> bool {
 }
 
 fn docker_engine() -> bool {
-    Command::new("docker").args(["info"]).output().is_ok_and(|o| o.status.success())
+    Command::new("docker")
+        .args(["info"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -74,22 +83,37 @@ redis postgres`. Then run the command again.";
 /// Makes sure Redis and Postgres answer, starting local ones when needed.
 pub(crate) fn ensure_services() -> Result<()> {
     let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| REDIS_URL_DEFAULT.into());
-    let database_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DATABASE_URL_DEFAULT.into());
+    let database_url =
+        std::env::var("DATABASE_URL").unwrap_or_else(|_| DATABASE_URL_DEFAULT.into());
     let redis = host_port(&redis_url, 6379).context("REDIS_URL has no host:port")?;
     let postgres = host_port(&database_url, 5432).context("DATABASE_URL has no host:port")?;
     let mut compose = Vec::new();
 
     if !answers(redis) {
         if installed("redis-server") && redis.ip().is_loopback() {
-            eprintln!("xtask: starting the local redis-server on port {}", redis.port());
+            eprintln!(
+                "xtask: starting the local redis-server on port {}",
+                redis.port()
+            );
             let dir = if std::path::Path::new("/var/lib/redis").is_dir() {
                 "/var/lib/redis".to_owned()
             } else {
                 std::env::temp_dir().to_string_lossy().into_owned()
             };
             run(Command::new("redis-server").args([
-                "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", &redis.port().to_string(),
-                "--save", "", "--appendonly", "no", "--dir", &dir,
+                "--daemonize",
+                "yes",
+                "--bind",
+                "127.0.0.1",
+                "-::1",
+                "--port",
+                &redis.port().to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir,
             ]))?;
             wait_for(redis, "redis")?;
         } else {
@@ -112,8 +136,13 @@ pub(crate) fn ensure_services() -> Result<()> {
         if !docker_engine() {
             bail!("{} not answering. {INSTALL_HELP}", compose.join(" and "));
         }
-        eprintln!("xtask: starting {} with docker compose", compose.join(" and "));
-        run(Command::new("docker").args(["compose", "up", "-d", "--wait"]).args(&compose))?;
+        eprintln!(
+            "xtask: starting {} with docker compose",
+            compose.join(" and ")
+        );
+        run(Command::new("docker")
+            .args(["compose", "up", "-d", "--wait"])
+            .args(&compose))?;
         wait_for(redis, "redis")?;
         wait_for(postgres, "postgres")?;
     }
@@ -127,7 +156,12 @@ mod tests {
     #[test]
     fn host_port_handles_credentials_and_defaults() {
         assert_eq!(host_port("redis://127.0.0.1:6379", 1).unwrap().port(), 6379);
-        assert_eq!(host_port("postgres://u:p@127.0.0.1/fleet", 5432).unwrap().port(), 5432);
+        assert_eq!(
+            host_port("postgres://u:p@127.0.0.1/fleet", 5432)
+                .unwrap()
+                .port(),
+            5432
+        );
         assert!(host_port("not a url", 1).is_none());
     }
 }

@@ -23,12 +23,18 @@ impl JobId {
     /// thousands of jobs per second). Ids of one millisecond are unique but not ordered among
     /// themselves; nothing relies on that order.
     pub fn new() -> Self {
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         Self::from_parts(ms, rand::rng().random())
     }
 
     fn from_parts(unix_ms: u64, random: [u8; 10]) -> Self {
-        JobId(uuid::Builder::from_unix_timestamp_millis(unix_ms, &random).into_uuid().to_string())
+        JobId(
+            uuid::Builder::from_unix_timestamp_millis(unix_ms, &random)
+                .into_uuid()
+                .to_string(),
+        )
     }
 
     /// The id as text.
@@ -111,6 +117,11 @@ mod tests {
         let earlier = JobId::from_parts(1_700_000_000_000, [0xff; 10]);
         let later = JobId::from_parts(1_700_000_000_001, [0; 10]);
         assert!(earlier < later, "UUIDv7 ids sort by their millisecond");
-        assert_eq!(uuid::Uuid::parse_str(later.as_str()).unwrap().get_version_num(), 7);
+        assert_eq!(
+            uuid::Uuid::parse_str(later.as_str())
+                .unwrap()
+                .get_version_num(),
+            7
+        );
     }
 }

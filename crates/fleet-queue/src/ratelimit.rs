@@ -173,16 +173,8 @@ impl RateLimiter {
         let recipient = req.recipient.map(|(r, _)| fnv1a(r)).unwrap_or(0);
         [
             crate::keys::rate_limit_key(&self.prefix, req.scope, "tat"),
-            crate::keys::rate_limit_key(
-                &self.prefix,
-                req.scope,
-                &format!("to:{recipient:016x}"),
-            ),
-            crate::keys::rate_limit_key(
-                &self.prefix,
-                req.scope,
-                &format!("resv:{}", req.ticket),
-            ),
+            crate::keys::rate_limit_key(&self.prefix, req.scope, &format!("to:{recipient:016x}")),
+            crate::keys::rate_limit_key(&self.prefix, req.scope, &format!("resv:{}", req.ticket)),
         ]
     }
 
