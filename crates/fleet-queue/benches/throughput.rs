@@ -8,7 +8,8 @@
 //! - `redis-benchmark XADD -P 64 -c 50`: the machine's limit for appends (baseline);
 //! - batch enqueue: `enqueue_batch` of 500 jobs (about 200-byte payloads), 4 batches in flight;
 //! - single enqueue: 64 tasks each awaiting one `enqueue` at a time;
-//! - consume + ack: 2 consumers, batches of 500, each batch acknowledged before the next read.
+//! - consume + ack: `BENCH_CONSUMERS` consumers (default 2), batches of 500, each batch
+//!   acknowledged before the next read.
 
 use std::{
     process::Command,
@@ -141,7 +142,11 @@ async fn main() {
     let consumed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..2 {
+    let consumers: usize = std::env::var("BENCH_CONSUMERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    for _ in 0..consumers {
         let mut o = ConsumerOptions::new("bench");
         o.batch_size = 500;
         o.linger = Duration::ZERO;
@@ -165,7 +170,7 @@ async fn main() {
     }
     report(
         &mut rows,
-        "consume + ack (batches of 500, 2 consumers)",
+        &format!("consume + ack (batches of 500, {consumers} consumers)"),
         total,
         start.elapsed(),
     );
