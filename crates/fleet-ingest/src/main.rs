@@ -55,6 +55,7 @@ async fn serve(
     tenants: fleet_runtime::TenantsHandle,
 ) -> ExitCode {
     let metrics = fleet_runtime::install_metrics();
+    fleet_queue::describe_metrics();
     let shutdown = Shutdown::new();
     shutdown.cancel_on_signal();
 

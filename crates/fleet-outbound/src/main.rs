@@ -62,6 +62,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
 
     fleet_runtime::init_tracing(common.log_format);
     let metrics = fleet_runtime::install_metrics();
+    fleet_queue::describe_metrics();
     fleet_outbound::describe_metrics();
     let shutdown = Shutdown::new();
     shutdown.cancel_on_signal();

@@ -58,6 +58,7 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
 
 async fn serve(common: CommonConfig, config: SchedulerConfig) -> ExitCode {
     let metrics = fleet_runtime::install_metrics();
+    fleet_queue::describe_metrics();
     let shutdown = Shutdown::new();
     shutdown.cancel_on_signal();
 
