@@ -18,6 +18,9 @@ use std::{
 };
 
 use fleet_core::{EnqueueOptions, Priority};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use fleet_queue::{Broker, ConsumerOptions, PriorityMode};
 
 fn redis_url() -> String {
@@ -64,13 +67,77 @@ fn redis_benchmark_xadd(n: usize, key: &str) -> Option<f64> {
         .next()
 }
 
-fn report(rows: &mut Vec<(String, usize, Duration)>, name: &str, n: usize, took: Duration) {
+/// CPU seconds used so far by this process (all threads) and by the Redis server, so each case
+/// can report CPU per message beside its rate: on a shared 2-core machine the rate moves with the
+/// neighbours, the CPU cost per message much less.
+#[derive(Clone, Copy)]
+struct CpuMark {
+    own: f64,
+    redis: f64,
+}
+
+impl CpuMark {
+    async fn now(redis: &fred::clients::Client) -> CpuMark {
+        use fred::interfaces::ClientLike;
+        // utime and stime of /proc/self/stat, in clock ticks (100 per second on Linux).
+        let own = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| {
+                let after = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+                Some(
+                    (after.get(11)?.parse::<f64>().ok()? + after.get(12)?.parse::<f64>().ok()?)
+                        / 100.0,
+                )
+            })
+            .unwrap_or(f64::NAN);
+        let info: String = redis
+            .custom(fred::cmd!("INFO"), vec!["cpu"])
+            .await
+            .unwrap_or_default();
+        let redis_cpu = info
+            .lines()
+            .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+            .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
+            .sum();
+        CpuMark {
+            own,
+            redis: redis_cpu,
+        }
+    }
+}
+
+struct Row {
+    name: String,
+    n: usize,
+    took: Duration,
+    /// CPU microseconds per message: (this process, Redis).
+    cpu_us: Option<(f64, f64)>,
+}
+
+async fn report(
+    rows: &mut Vec<Row>,
+    redis: &fred::clients::Client,
+    name: &str,
+    n: usize,
+    took: Duration,
+    before: CpuMark,
+) {
+    let after = CpuMark::now(redis).await;
+    let per = |a: f64, b: f64| (a - b) * 1e6 / n as f64;
+    let cpu_us = (per(after.own, before.own), per(after.redis, before.redis));
     println!(
-        "{name:<40} {n:>9} msgs in {:>8.3} s = {:>10.0} msgs/s",
+        "{name:<46} {n:>9} msgs in {:>7.3} s = {:>9.0} msgs/s  (CPU/msg: bench {:.2} us, redis {:.2} us)",
         took.as_secs_f64(),
-        n as f64 / took.as_secs_f64()
+        n as f64 / took.as_secs_f64(),
+        cpu_us.0,
+        cpu_us.1,
     );
-    rows.push((name.to_owned(), n, took));
+    rows.push(Row {
+        name: name.to_owned(),
+        n,
+        took,
+        cpu_us: Some(cpu_us),
+    });
 }
 
 #[tokio::main]
@@ -84,151 +151,198 @@ async fn main() {
         .await
         .expect("redis must be running");
     let mut rows = Vec::new();
+    // `BENCH_CASES=consume,single` runs only those cases (for profiling one of them); consume
+    // needs what batch enqueue wrote, so it runs that too. Default: every case.
+    let cases = std::env::var("BENCH_CASES").unwrap_or_default();
+    let wanted = |case: &str| cases.is_empty() || cases.split(',').any(|c| c.trim() == case);
 
     let baseline_key = format!("{prefix}:{{baseline}}:xadd");
-    match redis_benchmark_xadd(n * 5, &baseline_key) {
+    let baseline = if wanted("baseline") {
+        redis_benchmark_xadd(n * 5, &baseline_key)
+    } else {
+        None
+    };
+    match baseline {
         Some(rps) => {
             println!(
                 "{:<40} {:>9} msgs            = {rps:>10.0} msgs/s",
                 "redis-benchmark XADD -P 64 -c 50",
                 n * 5
             );
-            rows.push((
-                "redis-benchmark XADD -P 64 -c 50 (limit)".into(),
-                n * 5,
-                Duration::from_secs_f64(n as f64 * 5.0 / rps),
-            ));
+            rows.push(Row {
+                name: "redis-benchmark XADD -P 64 -c 50 (limit)".into(),
+                n: n * 5,
+                took: Duration::from_secs_f64(n as f64 * 5.0 / rps),
+                cpu_us: None,
+            });
         }
         None => println!("redis-benchmark not found: baseline skipped"),
     }
+    // A client of its own for the measurements, so they never queue behind the cases' commands.
+    let meter = fred_client().await;
     let _: Result<(), _> =
-        fred::interfaces::KeysInterface::del::<(), _>(&fred_client().await, baseline_key).await;
+        fred::interfaces::KeysInterface::del::<(), _>(&meter, baseline_key).await;
 
     // Batch enqueue.
     let q = broker.queue("batch");
-    let start = Instant::now();
     let in_flight = 4;
     let per_task = n / in_flight;
-    let mut tasks = Vec::new();
-    for t in 0..in_flight {
-        let q = q.clone();
-        tasks.push(tokio::spawn(async move {
-            for chunk_start in (0..per_task).step_by(500) {
-                let batch: Vec<(String, EnqueueOptions)> = (chunk_start
-                    ..(chunk_start + 500).min(per_task))
-                    .map(|i| {
-                        (
-                            payload(t * per_task + i),
-                            EnqueueOptions::with_priority(Priority::Normal),
-                        )
-                    })
-                    .collect();
-                q.enqueue_batch(&batch).await.unwrap();
-            }
-        }));
+    if wanted("batch") || wanted("consume") {
+        let mark = CpuMark::now(&meter).await;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for t in 0..in_flight {
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move {
+                for chunk_start in (0..per_task).step_by(500) {
+                    let batch: Vec<(String, EnqueueOptions)> = (chunk_start
+                        ..(chunk_start + 500).min(per_task))
+                        .map(|i| {
+                            (
+                                payload(t * per_task + i),
+                                EnqueueOptions::with_priority(Priority::Normal),
+                            )
+                        })
+                        .collect();
+                    q.enqueue_batch(&batch).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        report(
+            &mut rows,
+            &meter,
+            "batch enqueue (500 per batch, 4 in flight)",
+            per_task * in_flight,
+            start.elapsed(),
+            mark,
+        )
+        .await;
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    report(
-        &mut rows,
-        "batch enqueue (500 per batch, 4 in flight)",
-        per_task * in_flight,
-        start.elapsed(),
-    );
 
     // Consume + ack of what the batch case enqueued.
-    let total = per_task * in_flight;
-    let consumed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    let consumers: usize = std::env::var("BENCH_CONSUMERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
-    for _ in 0..consumers {
-        let mut o = ConsumerOptions::new("bench");
-        o.batch_size = 500;
-        o.linger = Duration::ZERO;
-        o.block = Duration::from_millis(100);
-        o.mode = PriorityMode::Strict;
-        let mut c = q.consumer(o).await.unwrap();
-        let consumed = consumed.clone();
-        tasks.push(tokio::spawn(async move {
-            while consumed.load(std::sync::atomic::Ordering::Relaxed) < total {
-                let b = c.next_batch().await.unwrap();
-                if b.is_empty() {
-                    continue;
+    if wanted("consume") {
+        let total = per_task * in_flight;
+        let consumed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mark = CpuMark::now(&meter).await;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        let consumers: usize = std::env::var("BENCH_CONSUMERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
+        for _ in 0..consumers {
+            let mut o = ConsumerOptions::new("bench");
+            o.batch_size = 500;
+            o.linger = Duration::ZERO;
+            o.block = Duration::from_millis(100);
+            o.mode = PriorityMode::Strict;
+            let mut c = q.consumer(o).await.unwrap();
+            let consumed = consumed.clone();
+            tasks.push(tokio::spawn(async move {
+                while consumed.load(std::sync::atomic::Ordering::Relaxed) < total {
+                    let b = c.next_batch().await.unwrap();
+                    if b.is_empty() {
+                        continue;
+                    }
+                    c.ack(&b.iter().collect::<Vec<_>>()).await.unwrap();
+                    consumed.fetch_add(b.len(), std::sync::atomic::Ordering::Relaxed);
                 }
-                c.ack(&b.iter().collect::<Vec<_>>()).await.unwrap();
-                consumed.fetch_add(b.len(), std::sync::atomic::Ordering::Relaxed);
-            }
-        }));
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        report(
+            &mut rows,
+            &meter,
+            &format!("consume + ack (batches of 500, {consumers} consumers)"),
+            total,
+            start.elapsed(),
+            mark,
+        )
+        .await;
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    report(
-        &mut rows,
-        &format!("consume + ack (batches of 500, {consumers} consumers)"),
-        total,
-        start.elapsed(),
-    );
     q.destroy().await.unwrap();
 
     // Single enqueue at concurrency 64.
     let q = broker.queue("single");
-    let start = Instant::now();
     let per_task = n / 64;
-    let mut tasks = Vec::new();
-    for t in 0..64 {
-        let q = q.clone();
-        tasks.push(tokio::spawn(async move {
-            let opts = EnqueueOptions::default();
-            for i in 0..per_task {
-                q.enqueue(&payload(t * per_task + i), &opts).await.unwrap();
-            }
-        }));
+    if wanted("single") {
+        let mark = CpuMark::now(&meter).await;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for t in 0..64 {
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move {
+                let opts = EnqueueOptions::default();
+                for i in 0..per_task {
+                    q.enqueue(&payload(t * per_task + i), &opts).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        report(
+            &mut rows,
+            &meter,
+            "single enqueue (64 concurrent tasks)",
+            per_task * 64,
+            start.elapsed(),
+            mark,
+        )
+        .await;
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    report(
-        &mut rows,
-        "single enqueue (64 concurrent tasks)",
-        per_task * 64,
-        start.elapsed(),
-    );
     q.destroy().await.unwrap();
 
     // Idempotent single enqueue (the ingest path): SET NX + XADD in one script.
     let q = broker.queue("idem");
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..64 {
-        let q = q.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..per_task {
-                let opts = EnqueueOptions::default().idempotent(format!("k{t}-{i}"));
-                q.enqueue(&payload(t * per_task + i), &opts).await.unwrap();
-            }
-        }));
+    if wanted("idempotent") {
+        let mark = CpuMark::now(&meter).await;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for t in 0..64 {
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per_task {
+                    let opts = EnqueueOptions::default().idempotent(format!("k{t}-{i}"));
+                    q.enqueue(&payload(t * per_task + i), &opts).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        report(
+            &mut rows,
+            &meter,
+            "idempotent single enqueue (64 tasks)",
+            per_task * 64,
+            start.elapsed(),
+            mark,
+        )
+        .await;
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    report(
-        &mut rows,
-        "idempotent single enqueue (64 tasks)",
-        per_task * 64,
-        start.elapsed(),
-    );
     q.destroy().await.unwrap();
 
-    println!("\n| case | messages | seconds | msgs/s |\n|---|---:|---:|---:|");
-    for (name, n, took) in rows {
+    println!(
+        "\n| case | messages | seconds | msgs/s | bench CPU us/msg | Redis CPU us/msg |\n|---|---:|---:|---:|---:|---:|"
+    );
+    for Row {
+        name,
+        n,
+        took,
+        cpu_us,
+    } in rows
+    {
+        let (own, redis) = cpu_us.map_or(("".into(), "".into()), |(o, r)| {
+            (format!("{o:.2}"), format!("{r:.2}"))
+        });
         println!(
-            "| {name} | {n} | {:.3} | {:.0} |",
+            "| {name} | {n} | {:.3} | {:.0} | {own} | {redis} |",
             took.as_secs_f64(),
             n as f64 / took.as_secs_f64()
         );

@@ -34,7 +34,7 @@ pub struct DeadEntry {
 }
 
 impl DeadEntry {
-    fn from_raw(id: String, fields: &[(Vec<u8>, Vec<u8>)]) -> DeadEntry {
+    fn from_raw(id: String, fields: &[(bytes::Bytes, bytes::Bytes)]) -> DeadEntry {
         let text = |name: &str| {
             fields
                 .iter()
@@ -54,7 +54,7 @@ impl DeadEntry {
             priority: text("prio").parse().ok(),
             attempts: job.as_ref().map_or(0, |j| j.attempts),
             job_id: job.as_ref().map(|j| j.job_id.to_string()),
-            payload: job.map(|j| j.payload).unwrap_or_default(),
+            payload: job.map(|j| j.payload.to_vec()).unwrap_or_default(),
         }
     }
 }

@@ -10,8 +10,9 @@
 //! A dead entry adds `reason`, `error`, `orig` (the entry's id in its stream), `prio` and `died`
 //! (Unix ms).
 
+use bytes::Bytes;
 use fleet_core::{Backoff, JobId, Priority};
-use fred::types::Value;
+use fred::types::{Resp3Frame, Value};
 
 /// A job as stored in a stream entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +27,8 @@ pub struct StoredJob {
     pub backoff: Backoff,
     /// When the job was first enqueued, in Unix ms.
     pub enqueued_at_ms: u64,
-    /// The payload, MessagePack.
-    pub payload: Vec<u8>,
+    /// The payload, MessagePack: a view into the reply it was read from, never copied.
+    pub payload: Bytes,
 }
 
 impl StoredJob {
@@ -50,7 +51,7 @@ impl StoredJob {
             "h".into(),
             self.header().into(),
             "p".into(),
-            Value::Bytes(self.payload.clone().into()),
+            Value::Bytes(self.payload.clone()),
         ]
     }
 
@@ -63,21 +64,35 @@ impl StoredJob {
     }
 
     /// Reads a job from a stream entry's field/value pairs; `Err` names what is wrong (poison).
-    pub(crate) fn from_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<StoredJob, String> {
+    pub(crate) fn from_fields(fields: &[(Bytes, Bytes)]) -> Result<StoredJob, String> {
         let get = |name: &str| {
             fields
                 .iter()
                 .find(|(k, _)| k == name.as_bytes())
-                .map(|(_, v)| v.as_slice())
+                .map(|(_, v)| v)
         };
         if let Some(raw) = get("raw") {
             return Err(format!("unparseable delayed entry of {} bytes", raw.len()));
         }
         let header = get("h").ok_or("missing field \"h\"")?;
         let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
-        let parts: Vec<&str> = header.split('|').collect();
-        let [version, job_id, attempts, max, backoff, enqueued] = parts[..] else {
-            return Err(format!("header has {} parts, expected 6", parts.len()));
+        // Split without collecting: this runs once per delivered entry, on the hot path.
+        let mut parts = header.split('|');
+        let mut next = || parts.next();
+        let (
+            Some(version),
+            Some(job_id),
+            Some(attempts),
+            Some(max),
+            Some(backoff),
+            Some(enqueued),
+            None,
+        ) = (next(), next(), next(), next(), next(), next(), next())
+        else {
+            return Err(format!(
+                "header has {} parts, expected 6",
+                header.split('|').count()
+            ));
         };
         if version != "1" {
             return Err(format!("unknown entry layout version {version:?}"));
@@ -100,17 +115,8 @@ impl StoredJob {
                 max_ms: number("backoff", max_ms)?,
             },
             enqueued_at_ms: number("enqueued time", enqueued)?,
-            payload: get("p").ok_or("missing field \"p\"")?.to_vec(),
+            payload: get("p").ok_or("missing field \"p\"")?.clone(),
         })
-    }
-}
-
-/// The bytes of a bulk-string reply.
-pub(crate) fn bytes_of(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::Bytes(b) => Some(b),
-        Value::String(s) => Some(s.as_bytes()),
-        _ => None,
     }
 }
 
@@ -124,8 +130,17 @@ pub(crate) fn text_of(v: &Value) -> Option<String> {
     }
 }
 
-/// A stream entry: its id and its field/value pairs.
-pub(crate) type RawEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
+/// A stream entry: its id and its field/value pairs (views into the reply, not copies).
+pub(crate) type RawEntry = (String, Vec<(Bytes, Bytes)>);
+
+/// The shared bytes of a bulk-string reply (a reference count, not a copy).
+fn shared_bytes_of(v: &Value) -> Option<Bytes> {
+    match v {
+        Value::Bytes(b) => Some(b.clone()),
+        Value::String(s) => Some(s.inner().clone()),
+        _ => None,
+    }
+}
 
 /// Parses one `[id, [field, value, ...]]` stream entry reply.
 pub(crate) fn parse_entry(v: &Value) -> Option<RawEntry> {
@@ -134,21 +149,55 @@ pub(crate) fn parse_entry(v: &Value) -> Option<RawEntry> {
     let fields = match parts.get(1)? {
         Value::Array(flat) => flat
             .chunks(2)
-            .filter_map(|kv| {
-                Some((
-                    bytes_of(kv.first()?)?.to_vec(),
-                    bytes_of(kv.get(1)?)?.to_vec(),
-                ))
-            })
+            .filter_map(|kv| Some((shared_bytes_of(kv.first()?)?, shared_bytes_of(kv.get(1)?)?)))
             .collect(),
         Value::Map(map) => map
             .clone()
             .inner()
             .iter()
-            .filter_map(|(k, v)| Some((k.as_bytes().to_vec(), bytes_of(v)?.to_vec())))
+            .filter_map(|(k, v)| Some((k.inner().clone(), shared_bytes_of(v)?)))
             .collect(),
         // A pending id whose entry was deleted reads as a nil field list.
         Value::Null => Vec::new(),
+        _ => return None,
+    };
+    Some((id, fields))
+}
+
+/// The bytes of a string frame (a reference count, not a copy).
+pub(crate) fn frame_bytes(frame: Resp3Frame) -> Option<Bytes> {
+    match frame {
+        Resp3Frame::BlobString { data, .. } | Resp3Frame::SimpleString { data, .. } => Some(data),
+        _ => None,
+    }
+}
+
+/// Parses one stream entry straight from the reply frame, as [`parse_entry`] does from a
+/// [`Value`]. The consumer's hot path reads raw frames: converting each of a batch's thousands of
+/// strings into a `Value` (with a UTF-8 check of every payload) cost more than the rest of the
+/// parse.
+pub(crate) fn parse_entry_frame(frame: Resp3Frame) -> Option<RawEntry> {
+    let Resp3Frame::Array { data: parts, .. } = frame else {
+        return None;
+    };
+    let mut parts = parts.into_iter();
+    let id = frame_bytes(parts.next()?)?;
+    let id = String::from_utf8(id.to_vec()).ok()?;
+    let fields = match parts.next()? {
+        Resp3Frame::Array { data: flat, .. } => {
+            let mut fields = Vec::with_capacity(flat.len() / 2);
+            let mut flat = flat.into_iter();
+            while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                fields.push((frame_bytes(k)?, frame_bytes(v)?));
+            }
+            fields
+        }
+        Resp3Frame::Map { data: map, .. } => map
+            .into_iter()
+            .filter_map(|(k, v)| Some((frame_bytes(k)?, frame_bytes(v)?)))
+            .collect(),
+        // A pending id whose entry was deleted reads as a nil field list.
+        Resp3Frame::Null => Vec::new(),
         _ => return None,
     };
     Some((id, fields))
@@ -203,20 +252,20 @@ mod tests {
                 max_ms: 100,
             },
             enqueued_at_ms: 123,
-            payload: b"a|b\x00c".to_vec(),
+            payload: Bytes::from_static(b"a|b\x00c"),
         }
     }
 
     #[test]
     fn fields_round_trip() {
         let j = job();
-        let fields: Vec<(Vec<u8>, Vec<u8>)> = j
+        let fields: Vec<(Bytes, Bytes)> = j
             .fields()
             .chunks(2)
             .map(|kv| {
                 (
-                    bytes_of(&kv[0]).unwrap().to_vec(),
-                    bytes_of(&kv[1]).unwrap().to_vec(),
+                    shared_bytes_of(&kv[0]).unwrap(),
+                    shared_bytes_of(&kv[1]).unwrap(),
                 )
             })
             .collect();
@@ -225,14 +274,18 @@ mod tests {
 
     #[test]
     fn missing_or_bad_fields_are_poison() {
-        let err = StoredJob::from_fields(&[(b"x".to_vec(), b"1".to_vec())]).unwrap_err();
+        let field =
+            |k: &'static [u8], v: &'static [u8]| (Bytes::from_static(k), Bytes::from_static(v));
+        let err = StoredJob::from_fields(&[field(b"x", b"1")]).unwrap_err();
         assert!(err.contains("missing field"), "{err}");
-        let err =
-            StoredJob::from_fields(&[(b"h".to_vec(), b"9|j|0|1|1:1|0".to_vec())]).unwrap_err();
+        let err = StoredJob::from_fields(&[field(b"h", b"9|j|0|1|1:1|0")]).unwrap_err();
         assert!(err.contains("version"), "{err}");
-        let err =
-            StoredJob::from_fields(&[(b"h".to_vec(), b"1|j|zero|1|1:1|0".to_vec())]).unwrap_err();
+        let err = StoredJob::from_fields(&[field(b"h", b"1|j|zero|1|1:1|0")]).unwrap_err();
         assert!(err.contains("not a number"), "{err}");
+        let err = StoredJob::from_fields(&[field(b"h", b"1|j|0|1|1:1|0|extra")]).unwrap_err();
+        assert!(err.contains("7 parts"), "{err}");
+        let err = StoredJob::from_fields(&[field(b"h", b"1|j|0")]).unwrap_err();
+        assert!(err.contains("3 parts"), "{err}");
     }
 
     #[test]

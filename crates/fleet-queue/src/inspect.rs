@@ -343,7 +343,7 @@ impl Queue {
                     job_id: job.as_ref().map(|j| j.job_id.to_string()),
                     attempts: job.as_ref().map_or(0, |j| j.attempts),
                     enqueued_at_ms: job.as_ref().map_or(0, |j| j.enqueued_at_ms),
-                    payload: job.map(|j| j.payload).unwrap_or_default(),
+                    payload: job.map(|j| j.payload.to_vec()).unwrap_or_default(),
                 }
             })
             .collect())

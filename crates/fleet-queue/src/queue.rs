@@ -89,7 +89,7 @@ impl Queue {
             max_attempts: opts.max_attempts,
             backoff: opts.backoff,
             enqueued_at_ms: now,
-            payload: wire::encode(payload)?,
+            payload: wire::encode(payload)?.into(),
         };
         let due_ms = opts
             .delay
@@ -242,7 +242,7 @@ impl Queue {
                     ttl.into(),
                     p.job.job_id.as_str().into(),
                     p.job.header().into(),
-                    Value::Bytes(p.job.payload.clone().into()),
+                    Value::Bytes(p.job.payload.clone()),
                 ]);
             }
             let reply = self

@@ -69,6 +69,42 @@ async fn idempotency_key_appends_once_and_returns_the_first_id() {
 }
 
 #[tokio::test]
+async fn a_failed_append_releases_its_idempotency_key() {
+    use fred::prelude::*;
+    let t = TestQueue::new().await;
+    let raw = Builder::from_config(Config::from_url(&crate::support::redis_url()).unwrap())
+        .build()
+        .unwrap();
+    raw.init().await.unwrap();
+    // A key of the wrong type where the stream should be makes XADD fail inside the script.
+    let stream = t.queue.keys().stream(Priority::Normal).to_owned();
+    let _: () = raw
+        .set(&stream, "not a stream", None, None, false)
+        .await
+        .unwrap();
+    let idem = t.queue.keys().idempotency("wamid.fail");
+    let opts = EnqueueOptions::default().idempotent("wamid.fail");
+    assert!(t.queue.enqueue(&"x", &opts).await.is_err());
+    assert!(
+        t.queue
+            .enqueue_batch(&[("x".to_owned(), opts.clone())])
+            .await
+            .is_err()
+    );
+    let claimed: i64 = raw.exists(&idem).await.unwrap();
+    assert_eq!(
+        claimed, 0,
+        "the key of a job that was not appended is free again"
+    );
+    // Once the stream is usable the same job goes in, as a first enqueue.
+    let _: i64 = raw.del(&stream).await.unwrap();
+    let again = t.queue.enqueue(&"x", &opts).await.unwrap();
+    assert!(!again.duplicate);
+    assert_eq!(t.queue.backlog().await.unwrap(), 1);
+    let _: () = raw.quit().await.unwrap();
+}
+
+#[tokio::test]
 async fn delayed_jobs_wait_in_the_delayed_set_until_promoted() {
     let t = TestQueue::new().await;
     let opts = EnqueueOptions {
