@@ -1,10 +1,6 @@
 //! The `fleet-ingest` binary: loads configuration and tenants, starts telemetry and the admin
 //! server, connects to Redis, and serves webhooks and the send API until SIGTERM/SIGINT.
 
-/// See the workspace Cargo.toml: glibc malloc cost this service a sixth of its CPU.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;

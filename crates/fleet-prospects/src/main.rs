@@ -1,10 +1,6 @@
 //! The `fleet-prospects` binary: parse flags, load config and tenants, start telemetry and the
 //! admin server, connect, optionally migrate, then run the worker until SIGTERM or SIGINT.
 
-/// See the workspace Cargo.toml: glibc malloc cost this service a sixth of its CPU.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;

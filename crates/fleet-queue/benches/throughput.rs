@@ -8,7 +8,7 @@
 //! - `redis-benchmark XADD -P 64 -c 50`: the machine's limit for appends (baseline);
 //! - batch enqueue: `enqueue_batch` of 500 jobs (about 200-byte payloads), 4 batches in flight;
 //! - single enqueue: 64 tasks each awaiting one `enqueue` at a time;
-//! - consume + ack: `BENCH_CONSUMERS` consumers (default 2), batches of 500, each batch
+//! - consume + ack: `BENCH_CONSUMERS` consumers (default 4), batches of 500, each batch
 //!   acknowledged before the next read.
 
 use std::{
@@ -18,9 +18,6 @@ use std::{
 };
 
 use fleet_core::{EnqueueOptions, Priority};
-
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use fleet_queue::{Broker, ConsumerOptions, PriorityMode};
 
 fn redis_url() -> String {
@@ -232,7 +229,7 @@ async fn main() {
         let consumers: usize = std::env::var("BENCH_CONSUMERS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(2);
+            .unwrap_or(4);
         for _ in 0..consumers {
             let mut o = ConsumerOptions::new("bench");
             o.batch_size = 500;

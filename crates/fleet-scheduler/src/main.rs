@@ -2,10 +2,6 @@
 //! admin server, connects to Redis (waiting for it), and runs one scheduler replica until
 //! SIGTERM/SIGINT.
 
-/// See the workspace Cargo.toml: glibc malloc cost this service a sixth of its CPU.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::{
     process::ExitCode,
     sync::{Arc, OnceLock},

@@ -1,9 +1,5 @@
 //! The `fleet-loadgen` binary: `run` a case against a local Fleet, or write a `tenants` file.
 
-/// See the workspace Cargo.toml: glibc malloc cost this service a sixth of its CPU.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};

@@ -1,9 +1,5 @@
 //! `fleet-mock-provider`: serves the simulator on a TCP address until SIGINT or SIGTERM.
 
-/// See the workspace Cargo.toml: glibc malloc cost this service a sixth of its CPU.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::net::SocketAddr;
 
 use clap::Parser;
