@@ -80,3 +80,16 @@ async fn concurrent_migrations_of_a_missing_database_both_succeed() {
     sqlx::Connection::close(admin).await.unwrap();
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn sessions_plan_each_statement_for_its_parameters() {
+    // A generic plan made while a fresh database's tables are empty keeps scanning them as they
+    // grow; the pool's sessions must plan each execution instead.
+    let db = TestDb::new().await;
+    let store = Store::connect(&db.url(), &PoolOptions::default()).unwrap();
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode, "force_custom_plan");
+}
