@@ -73,15 +73,9 @@ impl Store {
     /// Like [`Store::connect`], from parsed connection options.
     pub fn connect_with(options: PgConnectOptions, pool: &PoolOptions) -> Store {
         let timeout_ms = pool.statement_timeout.as_millis().to_string();
-        // plan_cache_mode: every statement is planned for its own parameters. With the default,
-        // Postgres switches a prepared statement to a generic plan after five runs; on a fresh
-        // database those first runs see empty tables, the generic plan scans them, and it stays
-        // cached as they grow (the stress case's webhook-to-row latency climbed by 250 ms a
-        // second from a new database). Planning costs well under a millisecond per batch.
-        let options = options.application_name(&pool.application_name).options([
-            ("statement_timeout", timeout_ms.as_str()),
-            ("plan_cache_mode", "force_custom_plan"),
-        ]);
+        let options = options
+            .application_name(&pool.application_name)
+            .options([("statement_timeout", timeout_ms)]);
         let pg_pool = PgPoolOptions::new()
             .max_connections(pool.max_connections.max(1))
             .acquire_timeout(pool.acquire_timeout)

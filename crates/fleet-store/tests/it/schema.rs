@@ -82,14 +82,43 @@ async fn concurrent_migrations_of_a_missing_database_both_succeed() {
 }
 
 #[tokio::test]
-async fn sessions_plan_each_statement_for_its_parameters() {
-    // A generic plan made while a fresh database's tables are empty keeps scanning them as they
-    // grow; the pool's sessions must plan each execution instead.
+async fn statements_that_join_a_batch_against_a_table_are_not_cached_prepared() {
+    // A named prepared statement gets a generic plan after five runs; made while a fresh
+    // database's tables are empty, it keeps scanning them as they grow. The joining statements
+    // run unprepared, so each run is planned for its own arrays.
     let db = TestDb::new().await;
-    let store = Store::connect(&db.url(), &PoolOptions::default()).unwrap();
-    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
-        .fetch_one(store.pool())
+    let pool = PoolOptions {
+        max_connections: 1,
+        ..PoolOptions::default()
+    };
+    let store = Store::connect(&db.url(), &pool).unwrap();
+    for round in 0..7 {
+        let events = vec![
+            crate::msg("acme", "111", &format!("w{round}"), 1_700_000_000 + round),
+            crate::status(
+                "acme",
+                &format!("w{round}"),
+                fleet_core::DeliveryStatus::Read,
+                1_700_000_100 + round,
+            ),
+        ];
+        store
+            .write_inbound_batch_with(&events, |_| true)
+            .await
+            .unwrap();
+    }
+    let cached: Vec<String> = sqlx::query_scalar("SELECT statement FROM pg_prepared_statements")
+        .fetch_all(store.pool())
         .await
         .unwrap();
-    assert_eq!(mode, "force_custom_plan");
+    assert!(
+        cached.iter().any(|s| s.contains("INSERT INTO messages")),
+        "the batch's other statements stay prepared: {cached:?}"
+    );
+    for joining in ["UPDATE messages AS m", "FROM auto_replies_sent a"] {
+        assert!(
+            !cached.iter().any(|s| s.contains(joining)),
+            "{joining:?} must not be a cached prepared statement"
+        );
+    }
 }
