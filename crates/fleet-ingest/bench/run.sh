@@ -25,7 +25,13 @@ trap cleanup EXIT
 
 redis-server --port "$port" --bind 127.0.0.1 --dir "$work" --save "" \
   --appendonly yes --appendfsync everysec --daemonize yes --logfile "$work/redis.log"
-until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
+# Waits up to 10 s for a command to succeed.
+wait_for() {
+  for _ in $(seq 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.05; done
+  echo "gave up waiting for: $*" >&2
+  return 1
+}
+wait_for redis-cli -p "$port" ping
 
 cat >"$work/tenants.toml" <<'EOF'
 [[tenant]]
@@ -43,7 +49,7 @@ REDIS_URL=redis://127.0.0.1:$port FLEET_KEY_PREFIX=bench FLEET_TENANTS=$work/ten
 FLEET_LOG_FORMAT=json RUST_LOG=info \
   "$binary" --ingest-addr 127.0.0.1:18080 --admin-addr 127.0.0.1:19090 >"$work/ingest.log" 2>&1 &
 ingest_pid=$!
-until curl -sf http://127.0.0.1:19090/readyz >/dev/null; do sleep 0.05; done
+wait_for curl -sf http://127.0.0.1:19090/readyz
 
 # Enough distinct bodies that no request in the run is a duplicate (about 40k req/s at most).
 python3 "$bench_dir/gen_meta_bodies.py" $((seconds * 40000)) bench_app_secret "$work/bodies.txt" "run$$"

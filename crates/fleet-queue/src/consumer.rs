@@ -357,8 +357,7 @@ impl Consumer {
     /// other by that connection's task, while on their own connections consumers decode in
     /// parallel and overlap with Redis's work for the others.
     async fn read_now(&self, size: usize) -> Result<Option<Vec<RawDelivery>>> {
-        let paused: i64 = self.blocking.exists(self.queue.keys.paused()).await?;
-        if paused > 0 {
+        if self.queue.is_paused_on(&self.blocking).await? {
             return Ok(None);
         }
         let mut out = Vec::new();

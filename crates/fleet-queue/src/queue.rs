@@ -307,7 +307,12 @@ impl Queue {
 
     /// Whether the queue is paused.
     pub async fn is_paused(&self) -> Result<bool> {
-        let n: i64 = self.broker.client().exists(self.keys.paused()).await?;
+        self.is_paused_on(self.broker.client()).await
+    }
+
+    /// [`Queue::is_paused`] over a given connection (a consumer asks on its own).
+    pub(crate) async fn is_paused_on(&self, client: &Client) -> Result<bool> {
+        let n: i64 = client.exists(self.keys.paused()).await?;
         Ok(n > 0)
     }
 
