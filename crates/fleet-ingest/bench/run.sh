@@ -51,8 +51,8 @@ FLEET_LOG_FORMAT=json RUST_LOG=info \
 ingest_pid=$!
 wait_for curl -sf http://127.0.0.1:19090/readyz
 
-# Enough distinct bodies that no request in the run is a duplicate (about 40k req/s at most).
-python3 "$bench_dir/gen_meta_bodies.py" $((seconds * 40000)) bench_app_secret "$work/bodies.txt" "run$$"
+# Enough distinct bodies that no request in the run is a duplicate (up to 60k req/s).
+python3 "$bench_dir/gen_meta_bodies.py" $((seconds * 60000)) bench_app_secret "$work/bodies.txt" "run$$"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 accepted() {
