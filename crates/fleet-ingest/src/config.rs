@@ -12,6 +12,9 @@ pub const BODY_LIMIT_DEFAULT: usize = 4 * 1024 * 1024;
 pub const BODY_BYTES_IN_FLIGHT_DEFAULT: usize = 64 * 1024 * 1024;
 /// Default interval of the queue backlog check that drives the high-water 503.
 pub const BACKLOG_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
+/// Default cap on open connections: at about 40 KiB each, 1,024 connections keep ingest well
+/// inside its 64 MB memory budget; past it new connections wait in the kernel's accept queue.
+pub const MAX_CONNECTIONS_DEFAULT: usize = 1024;
 /// Default `Retry-After` of a 503 (Redis unavailable or a queue over its high-water mark).
 pub const RETRY_AFTER_UNAVAILABLE_DEFAULT: Duration = Duration::from_secs(5);
 
@@ -28,6 +31,8 @@ pub struct IngestSection {
     pub backlog_interval_ms: Option<u64>,
     /// `Retry-After` of a 503, in seconds (default 5).
     pub retry_after_secs: Option<u64>,
+    /// Most open connections at once (default 1024); more wait to be accepted.
+    pub max_connections: Option<usize>,
 }
 
 /// Everything the ingest service needs to know besides its tenants, broker and listener.
@@ -44,6 +49,8 @@ pub struct IngestConfig {
     pub backlog_interval: Duration,
     /// `Retry-After` sent with a 503.
     pub retry_after_unavailable: Duration,
+    /// Most open connections at once; past it, new connections wait to be accepted.
+    pub max_connections: usize,
     /// Public base URL as providers call it (Twilio signs it), without a trailing slash; `None`
     /// rebuilds it from the request's `Host` (and `X-Forwarded-Proto`).
     pub public_url: Option<String>,
@@ -61,6 +68,7 @@ impl Default for IngestConfig {
             queue_high_water: fleet_runtime::config::DEFAULT_QUEUE_HIGH_WATER,
             backlog_interval: BACKLOG_INTERVAL_DEFAULT,
             retry_after_unavailable: RETRY_AFTER_UNAVAILABLE_DEFAULT,
+            max_connections: MAX_CONNECTIONS_DEFAULT,
             public_url: None,
             redis_url: fleet_runtime::config::DEFAULT_REDIS_URL.to_owned(),
             key_prefix: fleet_runtime::config::DEFAULT_KEY_PREFIX.to_owned(),
@@ -110,12 +118,17 @@ impl IngestConfig {
         if retry_after.is_zero() || retry_after > Duration::from_secs(3600) {
             return Err(invalid("retry_after_secs", "must be between 1 and 3600"));
         }
+        let max_connections = section.max_connections.unwrap_or(MAX_CONNECTIONS_DEFAULT);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(invalid("max_connections", "must be between 1 and 1000000"));
+        }
         Ok(IngestConfig {
             body_limit,
             body_bytes_in_flight,
             queue_high_water: common.queue_high_water,
             backlog_interval,
             retry_after_unavailable: retry_after,
+            max_connections,
             public_url: common.public_url.clone(),
             redis_url: common.redis_url.clone(),
             key_prefix: common.key_prefix.clone(),
@@ -149,6 +162,7 @@ mod tests {
         assert_eq!(c.backlog_interval, BACKLOG_INTERVAL_DEFAULT);
         assert_eq!(c.queue_high_water, 1_000_000);
         assert_eq!(c.public_url, None);
+        assert_eq!(c.max_connections, MAX_CONNECTIONS_DEFAULT);
     }
 
     #[test]
@@ -161,6 +175,13 @@ mod tests {
         assert_eq!(c.retry_after_unavailable, Duration::from_secs(2));
         assert!(load("[ingest]\nbody_limit_bytes = 1\n").is_err());
         assert!(load("[ingest]\nretry_after_secs = 0\n").is_err());
+        assert_eq!(
+            load("[ingest]\nmax_connections = 8\n")
+                .unwrap()
+                .max_connections,
+            8
+        );
+        assert!(load("[ingest]\nmax_connections = 0\n").is_err());
         assert!(load("[ingest]\nbody_limit_bytes = 4096\nbody_bytes_in_flight = 2048\n").is_err());
         assert!(
             load("[ingest]\nbody_limit = 4096\n").is_err(),

@@ -8,6 +8,7 @@
 mod batcher;
 pub mod config;
 mod http;
+mod listener;
 pub mod meta;
 pub mod metrics;
 pub mod rules;
@@ -60,9 +61,13 @@ pub async fn run_with_state(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "ingest listening on {addr}");
     }
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.cancelled())
-        .await
+    let max_connections = state.config().max_connections;
+    axum::serve(
+        listener::CappedListener::new(listener, max_connections),
+        app(state),
+    )
+    .with_graceful_shutdown(shutdown.cancelled())
+    .await
 }
 
 /// Connects to Redis patiently (capped backoff) and hands the broker to the state; gives up only

@@ -30,6 +30,13 @@ pub const QUEUE_BACKLOG_ENTRIES: &str = "fleet_ingest_queue_backlog_entries";
 /// 1 while Redis is unreachable (webhooks answer 503), 0 otherwise.
 pub const REDIS_UNAVAILABLE: &str = "fleet_ingest_redis_unavailable";
 
+/// Connections open now.
+pub const OPEN_CONNECTIONS: &str = "fleet_ingest_open_connections";
+/// The connection cap (`[ingest] max_connections`).
+pub const MAX_CONNECTIONS: &str = "fleet_ingest_max_connections";
+/// Times a new connection had to wait because the cap was reached.
+pub const CONNECTION_LIMIT_WAITS_TOTAL: &str = "fleet_ingest_connection_limit_waits_total";
+
 /// Describes every metric once, so `/metrics` carries HELP lines.
 pub fn describe() {
     metrics::describe_counter!(
@@ -70,6 +77,15 @@ pub fn describe() {
     metrics::describe_gauge!(
         QUEUE_BACKLOG_ENTRIES,
         "Waiting entries of each queue at the last backlog check."
+    );
+    metrics::describe_gauge!(OPEN_CONNECTIONS, "Connections open now.");
+    metrics::describe_gauge!(
+        MAX_CONNECTIONS,
+        "Most open connections at once; more wait to be accepted."
+    );
+    metrics::describe_counter!(
+        CONNECTION_LIMIT_WAITS_TOTAL,
+        "Times a new connection waited because the connection cap was reached."
     );
     metrics::describe_gauge!(
         REDIS_UNAVAILABLE,
