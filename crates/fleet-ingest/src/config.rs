@@ -12,9 +12,9 @@ pub const BODY_LIMIT_DEFAULT: usize = 4 * 1024 * 1024;
 pub const BODY_BYTES_IN_FLIGHT_DEFAULT: usize = 64 * 1024 * 1024;
 /// Default interval of the queue backlog check that drives the high-water 503.
 pub const BACKLOG_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
-/// Default cap on open connections: at about 40 KiB each, 1,024 connections keep ingest well
+/// Default cap on open connections: at about 45 KiB each, 512 connections keep ingest well
 /// inside its 64 MB memory budget; past it new connections wait in the kernel's accept queue.
-pub const MAX_CONNECTIONS_DEFAULT: usize = 1024;
+pub const MAX_CONNECTIONS_DEFAULT: usize = 512;
 /// Default `Retry-After` of a 503 (Redis unavailable or a queue over its high-water mark).
 pub const RETRY_AFTER_UNAVAILABLE_DEFAULT: Duration = Duration::from_secs(5);
 
@@ -31,7 +31,7 @@ pub struct IngestSection {
     pub backlog_interval_ms: Option<u64>,
     /// `Retry-After` of a 503, in seconds (default 5).
     pub retry_after_secs: Option<u64>,
-    /// Most open connections at once (default 1024); more wait to be accepted.
+    /// Most open connections at once (default 512); more wait to be accepted.
     pub max_connections: Option<usize>,
 }
 
