@@ -67,8 +67,8 @@ pub(crate) struct DemoArgs {
     /// Use the binaries already built instead of building them first.
     #[arg(long)]
     no_build: bool,
-    /// Consumer loops of the prospects worker.
-    #[arg(long, default_value_t = 2)]
+    /// Consumer loops of the prospects worker (fleet-prospects' own default).
+    #[arg(long, default_value_t = 4)]
     prospects_consumers: usize,
 }
 

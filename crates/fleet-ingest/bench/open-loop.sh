@@ -15,23 +15,9 @@ seconds=${2:-30}
 port=6391
 work=$(mktemp -d /tmp/fleet-ingest-open-loop.XXXXXX)
 
-cleanup() {
-  [[ -n ${ingest_pid:-} ]] && kill "$ingest_pid" 2>/dev/null && wait "$ingest_pid" 2>/dev/null
-  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-redis-server --port "$port" --bind 127.0.0.1 --dir "$work" --save "" \
-  --appendonly "${BENCH_AOF:-yes}" --appendfsync everysec --daemonize yes --logfile "$work/redis.log"
-wait_for() {
-  for _ in $(seq 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.05; done
-  echo "gave up waiting for: $*" >&2
-  return 1
-}
-wait_for redis-cli -p "$port" ping
-# Redis's own latency monitor: every event of the run over 2 ms (AOF writes, forks) is printed at the end.
-redis-cli -p "$port" config set latency-monitor-threshold 2 >/dev/null
+# shellcheck source=common.sh
+source "$(dirname "$0")/common.sh"
+start_redis
 
 target/release/fleet-loadgen tenants --count 4 --out "$work/tenants.toml"
 REDIS_URL=redis://127.0.0.1:$port FLEET_KEY_PREFIX=bench FLEET_TENANTS=$work/tenants.toml \

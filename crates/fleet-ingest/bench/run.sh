@@ -16,22 +16,9 @@ work=$(mktemp -d /tmp/fleet-ingest-bench.XXXXXX)
 bench_dir=$(cd "$(dirname "$0")" && pwd)
 binary=${FLEET_INGEST_BIN:-target/release/fleet-ingest}
 
-cleanup() {
-  [[ -n ${ingest_pid:-} ]] && kill "$ingest_pid" 2>/dev/null && wait "$ingest_pid" 2>/dev/null
-  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-redis-server --port "$port" --bind 127.0.0.1 --dir "$work" --save "" \
-  --appendonly yes --appendfsync everysec --daemonize yes --logfile "$work/redis.log"
-# Waits up to 10 s for a command to succeed.
-wait_for() {
-  for _ in $(seq 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.05; done
-  echo "gave up waiting for: $*" >&2
-  return 1
-}
-wait_for redis-cli -p "$port" ping
+# shellcheck source=common.sh
+source "$(dirname "$0")/common.sh"
+start_redis
 
 cat >"$work/tenants.toml" <<'EOF'
 [[tenant]]

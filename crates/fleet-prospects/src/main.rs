@@ -25,7 +25,7 @@ struct Cli {
     /// Wait for more entries once a batch has its first, in ms [default: 10].
     #[arg(long)]
     linger_ms: Option<u64>,
-    /// Workers (consumers) in this process [default: 2].
+    /// Workers (consumers) in this process [default: 4].
     #[arg(long)]
     consumers: Option<usize>,
     /// Pooled Postgres connections [default: 8].
