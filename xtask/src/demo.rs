@@ -67,9 +67,9 @@ pub(crate) struct DemoArgs {
     /// Use the binaries already built instead of building them first.
     #[arg(long)]
     no_build: bool,
-    /// Consumer loops of the prospects worker (fleet-prospects' own default).
-    #[arg(long, default_value_t = 4)]
-    prospects_consumers: usize,
+    /// Consumer loops of the prospects worker [default: fleet-prospects' own].
+    #[arg(long)]
+    prospects_consumers: Option<usize>,
 }
 
 /// A started child: its name, process (group leader of its own group) and log file.
@@ -473,8 +473,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             );
-        if name == "fleet-prospects" {
-            cmd.args(["--consumers", &prospects_consumers.to_string()]);
+        if let (Some(n), "fleet-prospects") = (prospects_consumers, name) {
+            cmd.args(["--consumers", &n.to_string()]);
         }
         children.spawn(name, cmd, dir.join(format!("{name}.log")))?;
         admins.push((name, admin));

@@ -1,6 +1,6 @@
 //! The ingest listener: at most `max_connections` open connections, each with `TCP_NODELAY`.
 //!
-//! Why: every open HTTP connection costs ingest about 40 KiB (buffers, the connection task), and a
+//! Why: every open HTTP connection costs ingest about 45 KiB (buffers, the connection task), and a
 //! provider whose answers slow down opens more of them: with 4,096 connections ingest reached
 //! 169 MiB (docs/PERFORMANCE.md). Past the cap, `accept` waits for a connection to close, so new
 //! ones queue in the kernel's accept backlog (backpressure) instead of in ingest's memory.
@@ -33,10 +33,11 @@ pub(crate) struct CappedListener {
 impl CappedListener {
     /// Caps `inner` at `max` open connections (at least one).
     pub(crate) fn new(inner: TcpListener, max: usize) -> CappedListener {
+        let max = max.max(1);
         ::metrics::gauge!(metrics::MAX_CONNECTIONS).set(max as f64);
         CappedListener {
             inner,
-            permits: Arc::new(Semaphore::new(max.max(1))),
+            permits: Arc::new(Semaphore::new(max)),
         }
     }
 }
