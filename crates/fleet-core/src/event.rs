@@ -200,6 +200,19 @@ pub struct OutboundMessage {
     /// When the reply was enqueued, in Unix milliseconds.
     #[serde(default)]
     pub created_at_ms: i64,
+    /// Set by the outbound worker, never by a producer: the provider accepted this message, but
+    /// its record could not be written before the worker stopped. The next delivery records it
+    /// instead of sending it again. (Absent from the wire when unset.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<SentNote>,
+}
+
+/// What the provider answered to a send whose record is still to be written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentNote {
+    /// The provider's message id, when it gave one.
+    #[serde(default)]
+    pub provider_message_id: Option<String>,
 }
 
 /// The content of an outbound reply.

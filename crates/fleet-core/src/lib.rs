@@ -9,7 +9,7 @@ pub mod wire;
 pub use backoff::Backoff;
 pub use event::{
     DeliveryStatus, InboundBody, InboundEvent, InboundMessage, MediaRef, OutboundBody,
-    OutboundMessage, Provider, StatusEvent,
+    OutboundMessage, Provider, SentNote, StatusEvent,
 };
 pub use job::{EnqueueOptions, JobId};
 pub use priority::Priority;

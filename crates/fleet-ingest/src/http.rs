@@ -654,6 +654,7 @@ fn validate_send(
         body: OutboundBody::Text { text: req.text },
         origin: "api".to_owned(),
         created_at_ms: now_ms(),
+        sent: None,
     };
     Ok((message, priority))
 }

@@ -63,6 +63,7 @@ pub fn plan(
                     },
                     origin: format!("auto:{rule}"),
                     created_at_ms,
+                    sent: None,
                 },
                 options: EnqueueOptions::with_priority(priority).idempotent(key),
             });

@@ -401,31 +401,12 @@ impl BatchWorker {
             return Ok(BatchReport::default());
         }
         let handled = self.handler.handle(&batch).await;
-        let mut failed: Vec<Option<&JobError>> = vec![None; batch.len()];
-        for (i, e) in &handled.failed {
-            failed[*i] = Some(e);
-        }
-        let done: Vec<&Delivery> = batch
-            .iter()
-            .zip(&failed)
-            .filter(|(_, f)| f.is_none())
-            .map(|(d, _)| d)
-            .collect();
-        self.settler.ack(&done).await?;
-        for (d, e) in batch.iter().zip(&failed) {
-            match e {
-                None => {}
-                Some(JobError::Fatal { reason, error }) => {
-                    self.settler.dead_letter(d, reason, error).await?;
-                }
-                Some(JobError::Defer(delay)) => {
-                    self.settler.defer(d, *delay).await?;
-                }
-                Some(JobError::Retry { after, error }) => {
-                    self.settler.retry(d, *after, error).await?;
-                }
-            }
-        }
+        fleet_queue::apalis_backend::settle_batch(
+            &self.settler,
+            &batch,
+            handled.settlement(&batch),
+        )
+        .await?;
         Ok(handled.report)
     }
 }

@@ -12,6 +12,14 @@
 //! letter, defer); any other error (a caught panic, a timeout, a handler's own error) is a retry
 //! with the job's backoff.
 //!
+//! Every task carries the reading consumer's [`Settler`] as task data (`Data<Settler>` in a
+//! handler), so a handler about to perform an effect that must not happen twice can first ask
+//! [`Settler::confirm_lease`] whether its delivery is still its own. The consumer's heartbeat
+//! keeps the leases of every delivery read and not yet settled alive (buffered ones included).
+//!
+//! Redis away (a restart, a failover, a lost connection) never ends the worker: creating the
+//! consumer, reading and settling each wait and retry with capped backoff.
+//!
 //! Set `.concurrency(n)` on the worker to bound its handlers. The backend bounds the tasks in
 //! flight, settlements included, by [`StreamsBackend::in_flight_limit`], because apalis's
 //! concurrency permit is released before the settlement runs.
@@ -42,7 +50,47 @@ use apalis_core::{
 use futures::{FutureExt, future::BoxFuture};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use fleet_core::Priority;
+
 use crate::{Consumer, ConsumerOptions, Delivery, Error, Queue, Result, RetryAfter, Settler};
+
+/// Longest pause between two tries of an operation that failed because Redis was away.
+pub const UNAVAILABLE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a settlement is retried while Redis is away before it is left to the scheduler's
+/// reclaim (the entries stay pending; their leases are released so they run out).
+pub const SETTLE_RETRY_WINDOW: Duration = Duration::from_secs(10);
+
+/// Retries `op` while it fails with an unavailable Redis, with capped exponential backoff, until
+/// it succeeds, fails otherwise, `give_up` says so, or `window` (when given) has passed.
+async fn while_unavailable<T, F, Fut>(
+    what: &str,
+    window: Option<Duration>,
+    give_up: impl Fn() -> bool,
+    mut op: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Err(e)
+                if e.is_unavailable()
+                    && !give_up()
+                    && window.is_none_or(|w| started.elapsed() + wait <= w) =>
+            {
+                tracing::warn!(error = %e, "{what} failed, Redis unavailable; retrying");
+                metrics::counter!("fleet_queue_unavailable_retries_total", "operation" => what.to_owned())
+                    .increment(1);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(UNAVAILABLE_BACKOFF_MAX);
+            }
+            other => return other,
+        }
+    }
+}
 
 /// How a handler asks for a failed job to be settled. Any other error is a retry with backoff.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +115,19 @@ pub enum JobError {
     /// without counting an attempt.
     #[error("deferred for {0:?}")]
     Defer(Duration),
+    /// Like `Defer`, with the job's payload replaced: what the next delivery must know travels in
+    /// the job, written atomically with the acknowledgement.
+    #[error("deferred for {delay:?} with a new payload")]
+    DeferWith {
+        /// When to run again.
+        delay: Duration,
+        /// The new payload (MessagePack).
+        payload: bytes::Bytes,
+    },
+    /// The handler found its lease lost (the scheduler reclaimed the entry while this process
+    /// was frozen or cut off): another worker has the job, so nothing is settled here.
+    #[error("lease lost; the job belongs to another worker now")]
+    LeaseLost,
 }
 
 /// What one apalis task carries: a single delivery or a whole batch. Sealed to those two.
@@ -212,14 +273,17 @@ impl<M: Mode> StreamsBackend<M> {
     fn read(&self, mut consumer: Box<Consumer>) -> BoxFuture<'static, ReadResult> {
         let closing = self.closing.clone();
         async move {
-            // A lost Redis must not end the worker: wait and retry with capped backoff.
+            // A lost Redis must not end the worker: wait and retry with capped backoff, however
+            // long it takes (a `&mut` borrow per try, so no helper closure).
             let mut wait = Duration::from_millis(100);
             loop {
                 match consumer.next_batch().await {
                     Err(e) if e.is_unavailable() && !closing.load(Ordering::Relaxed) => {
-                        tracing::warn!(error = %e, "queue read failed; retrying");
+                        tracing::warn!(error = %e, "queue read failed, Redis unavailable; retrying");
+                        metrics::counter!("fleet_queue_unavailable_retries_total", "operation" => "read")
+                            .increment(1);
                         tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(5));
+                        wait = (wait * 2).min(UNAVAILABLE_BACKOFF_MAX);
                     }
                     other => return (consumer, other),
                 }
@@ -245,15 +309,28 @@ impl<M: Mode> Backend for StreamsBackend<M> {
         loop {
             if let Some(args) = M::take(&mut self.buffer) {
                 let id = TaskId::from_string(M::task_id(&args));
-                return Poll::Ready(Some(Ok(TaskBuilder::new(args).task_id(id).build())));
+                let mut task = TaskBuilder::new(args).task_id(id);
+                if let Some(settler) = self.settler.get() {
+                    task = task.data(settler.clone());
+                }
+                return Poll::Ready(Some(Ok(task.build())));
             }
             match std::mem::replace(&mut self.reader, Reader::Done) {
                 Reader::Start => {
                     let (queue, options) = (self.queue.clone(), self.options.clone());
-                    let settler = self.settler.clone();
+                    let (settler, closing) = (self.settler.clone(), self.closing.clone());
                     self.reader = Reader::Connecting(
                         async move {
-                            let consumer = queue.consumer(options).await?;
+                            // Redis away at start or after a restart of the worker: wait for it
+                            // here rather than end the worker (and, restarts exhausted, the
+                            // process).
+                            let consumer = while_unavailable(
+                                "consumer creation",
+                                None,
+                                || closing.load(Ordering::Relaxed),
+                                || queue.consumer(options.clone()),
+                            )
+                            .await?;
                             // Set at most once; a consumer re-made after a failed connect has the
                             // same queue and group, so the first settler stays valid.
                             let _ = settler.set(consumer.settler());
@@ -317,7 +394,7 @@ impl<M: Mode> Backend for StreamsBackend<M> {
                         self.reader = Reader::Idle(consumer);
                     }
                 },
-                Reader::Idle(consumer) => {
+                Reader::Idle(mut consumer) => {
                     let unstarted: Vec<Delivery> = self.buffer.drain(..).collect();
                     self.reader = Reader::Closing(
                         async move {
@@ -325,7 +402,7 @@ impl<M: Mode> Backend for StreamsBackend<M> {
                             for r in futures::future::join_all(back).await {
                                 r?;
                             }
-                            Ok(())
+                            consumer.give_back_carried().await
                         }
                         .boxed(),
                     );
@@ -452,9 +529,16 @@ where
             let result = handled.await.map_err(Into::into);
             // Set before the backend yields its first task, so always there.
             let settler = settler.get().ok_or("settler missing")?;
-            // A settle that fails (Redis away) leaves the entries pending: the scheduler's
-            // reclaim hands them out again after the lease, so nothing is lost.
-            settle(settler, &deliveries, &result).await?;
+            // Redis away: the settlement is retried for a bounded window; past it the entries
+            // stay pending, their leases run out, and the scheduler's reclaim hands them out
+            // again, so nothing is lost (and the effect, idempotent, is found done).
+            while_unavailable(
+                "settle",
+                Some(SETTLE_RETRY_WINDOW),
+                || false,
+                || settle(settler, &deliveries, &result),
+            )
+            .await?;
             drop(permit);
             result
         }
@@ -467,7 +551,8 @@ where
 /// settles the whole batch alike.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
-    failed: Vec<(String, JobError)>,
+    /// By priority and stream id: ids are unique within one stream only, and a batch reads three.
+    failed: Vec<((Priority, String), JobError)>,
 }
 
 impl BatchOutcome {
@@ -478,7 +563,8 @@ impl BatchOutcome {
 
     /// Marks one delivery of the batch as failed.
     pub fn fail(&mut self, delivery: &Delivery, error: JobError) {
-        self.failed.push((delivery.stream_id.clone(), error));
+        self.failed
+            .push(((delivery.priority, delivery.stream_id.clone()), error));
     }
 
     /// The deliveries marked as failed so far.
@@ -489,9 +575,20 @@ impl BatchOutcome {
     fn error_of(&self, d: &Delivery) -> Option<&JobError> {
         self.failed
             .iter()
-            .find(|(id, _)| *id == d.stream_id)
+            .find(|((priority, id), _)| *priority == d.priority && *id == d.stream_id)
             .map(|(_, e)| e)
     }
+}
+
+/// Settles a batch as this backend does after a batch handler returned `outcome`: the deliveries
+/// it marks as failed by their [`JobError`], every other one acknowledged. For code that reads
+/// and handles batches without apalis (tests, tools), so that there is one settle path.
+pub async fn settle_batch(
+    settler: &Settler,
+    deliveries: &[Delivery],
+    outcome: BatchOutcome,
+) -> Result<()> {
+    settle(settler, deliveries, &Ok::<_, BoxDynError>(outcome)).await
 }
 
 /// Settles `deliveries` by the handler's result: acknowledges on success, except the deliveries a
@@ -541,6 +638,46 @@ async fn apply(c: &Settler, d: &Delivery, action: &JobError) -> Result<()> {
         JobError::Defer(delay) => {
             c.defer(d, *delay).await?;
         }
+        JobError::DeferWith { delay, payload } => {
+            c.defer_with_payload(d, *delay, payload.clone()).await?;
+        }
+        JobError::LeaseLost => c.abandon(&[d]),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_core::{Backoff, JobId};
+
+    use super::*;
+
+    fn delivery(priority: Priority, stream_id: &str) -> Delivery {
+        Delivery {
+            stream_id: stream_id.into(),
+            priority,
+            job_id: JobId::new(),
+            attempts: 0,
+            max_attempts: 3,
+            backoff: Backoff::default(),
+            enqueued_at_ms: 0,
+            payload: bytes::Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn a_batch_outcome_tells_entries_of_equal_ids_in_two_streams_apart() {
+        // Stream ids are unique per stream only: `high` and `normal` can both hold `1-0`.
+        let (high, normal) = (
+            delivery(Priority::High, "1-0"),
+            delivery(Priority::Normal, "1-0"),
+        );
+        let mut outcome = BatchOutcome::new();
+        outcome.fail(&high, JobError::Defer(Duration::ZERO));
+        assert!(outcome.error_of(&high).is_some());
+        assert!(
+            outcome.error_of(&normal).is_none(),
+            "the normal entry succeeded and must be acknowledged, not deferred"
+        );
+    }
 }

@@ -1,7 +1,11 @@
 //! Consuming a queue: batched reads across the three priority streams, acknowledgement, retry
 //! through the delayed set, and dead-lettering.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use fleet_core::{Backoff, JobId, Priority, wire};
@@ -16,6 +20,7 @@ use serde::de::DeserializeOwned;
 use crate::{
     Error, Queue, Result,
     entry::{StoredJob, frame_bytes, parse_entry_frame},
+    lease::Leases,
     queue::now_ms,
 };
 
@@ -186,14 +191,19 @@ pub struct Consumer {
     blocking: Client,
     stream_names: Vec<Value>,
     settler: Settler,
+    /// Entries read beyond `batch_size` (a blocking read's `COUNT` applies per stream), handed
+    /// out first by the next batch. Already pending for this consumer and under its leases.
+    carried: VecDeque<RawDelivery>,
 }
 
 /// Settles deliveries of one consumer group: cheap to clone, shares the process's connection.
+/// It also keeps the leases of its consumer's entries (see [`Settler::confirm_lease`]).
 #[derive(Clone, Debug)]
 pub struct Settler {
-    queue: Queue,
-    group: std::sync::Arc<str>,
+    pub(crate) queue: Queue,
+    pub(crate) group: std::sync::Arc<str>,
     dead_letter_cap: u64,
+    pub(crate) leases: Arc<Leases>,
 }
 
 impl Drop for Consumer {
@@ -247,10 +257,12 @@ impl Consumer {
             .iter()
             .map(|s| s.as_str().into())
             .collect();
+        let leases = Leases::start(queue.clone(), &options.group, &options.consumer).await?;
         let settler = Settler {
             queue: queue.clone(),
             group: options.group.as_str().into(),
             dead_letter_cap: options.dead_letter_cap,
+            leases,
         };
         Ok(Consumer {
             queue,
@@ -258,6 +270,7 @@ impl Consumer {
             blocking,
             stream_names,
             settler,
+            carried: VecDeque::new(),
         })
     }
 
@@ -304,8 +317,17 @@ impl Consumer {
     /// Waits for the next batch: up to `batch_size` entries, or what arrived within `linger` of
     /// the first one; empty after `block` with nothing to do, or while the queue is paused.
     /// Entries that are not valid jobs are dead-lettered here (reason `poison`), never returned.
+    ///
+    /// Every entry returned is under this consumer's lease, renewed by a heartbeat until it is
+    /// settled; a batch never holds more than `batch_size` entries.
     pub async fn next_batch(&mut self) -> Result<Vec<Delivery>> {
         let size = self.options.batch_size;
+        if !self.carried.is_empty() {
+            let take = self.carried.len().min(size);
+            let batch: Vec<RawDelivery> = self.carried.drain(..take).collect();
+            return self.settle_poison(batch).await;
+        }
+        let read_at = Instant::now();
         let mut batch = match self.read_now(size).await {
             Err(e) if e.is_no_group() => {
                 // Redis lost the group (a restart without persistence): create it and go on.
@@ -324,6 +346,9 @@ impl Consumer {
             if batch_entries.is_empty() {
                 return Ok(Vec::new());
             }
+            self.hold(read_at, &batch_entries);
+        } else {
+            self.hold(read_at, &batch_entries);
         }
         // Linger: wait for more only when the batch is not full and linger allows it.
         let deadline = Instant::now() + self.options.linger;
@@ -332,14 +357,21 @@ impl Consumer {
             if left < Duration::from_millis(1) {
                 break;
             }
+            let read_at = Instant::now();
             let more = self.read_blocking(size - batch_entries.len(), left).await?;
             if more.is_empty() {
                 break;
             }
+            self.hold(read_at, &more);
             batch_entries.extend(more);
         }
         // Highest priority first, so a worker that handles a batch in order serves `high` first.
         batch_entries.sort_by_key(|(p, _)| *p);
+        if batch_entries.len() > size {
+            // A blocking read over three streams can answer up to `COUNT` per stream: the
+            // excess waits here for the next batch rather than making this one larger than asked.
+            self.carried.extend(batch_entries.drain(size..));
+        }
         let deliveries = self.settle_poison(batch_entries).await?;
         metrics::histogram!("fleet_queue_batch_entries", "queue" => self.queue.name.to_string())
             .record(deliveries.len() as f64);
@@ -412,7 +444,32 @@ impl Consumer {
         ]
     }
 
-    /// One blocking read on every stream at once, for when the queue was empty.
+    /// Renews the leases of every entry this consumer holds now (its heartbeat does this every
+    /// third of the lease; tools and tests may call it directly).
+    pub async fn renew_leases(&self) -> Result<()> {
+        self.settler.leases.beat().await
+    }
+
+    /// Registers entries just read under this consumer's leases.
+    fn hold(&self, read_at: Instant, entries: &[RawDelivery]) {
+        self.settler.leases.hold(
+            read_at,
+            entries.iter().map(|(p, (id, _))| (*p, id.as_str())),
+        );
+    }
+
+    /// Gives back, to the delayed set due now and without counting an attempt, the entries this
+    /// consumer read beyond a batch and never handed out (for a graceful stop).
+    pub async fn give_back_carried(&mut self) -> Result<()> {
+        let carried: Vec<RawDelivery> = self.carried.drain(..).collect();
+        for d in self.settle_poison(carried).await? {
+            self.settler.defer(&d, Duration::ZERO).await?;
+        }
+        Ok(())
+    }
+
+    /// One blocking read on every stream at once, for when the queue was empty. It may answer
+    /// up to `count` entries per stream; [`Consumer::next_batch`] carries the excess over.
     async fn read_blocking(&self, count: usize, block: Duration) -> Result<Vec<RawDelivery>> {
         let block_ms = block.as_millis().max(1) as i64;
         let mut args: Vec<Value> = vec![
@@ -468,11 +525,38 @@ impl Consumer {
 }
 
 impl Settler {
+    /// Whether this consumer still holds `d`'s lease, so its effect may be performed: answered
+    /// from memory within half a lease of the last renewal, otherwise by claiming the entry again
+    /// in Redis. False when the scheduler reclaimed it (this process was frozen or cut off past
+    /// the lease): another worker has it now, and this holder must not act on it. See `lease.rs`.
+    pub async fn confirm_lease(&self, d: &Delivery) -> Result<bool> {
+        self.leases.confirm(d.priority, &d.stream_id).await
+    }
+
+    /// The lease in force for this queue (what the scheduler published, or the default).
+    pub fn lease(&self) -> Duration {
+        self.leases.lease()
+    }
+
+    fn release(&self, deliveries: &[&Delivery]) {
+        self.leases.release(
+            deliveries
+                .iter()
+                .map(|d| (d.priority, d.stream_id.as_str())),
+        );
+    }
+
     /// Acknowledges deliveries: one round trip for the whole slice.
     pub async fn ack(&self, deliveries: &[&Delivery]) -> Result<u64> {
         if deliveries.is_empty() {
             return Ok(0);
         }
+        let acked = self.ack_held(deliveries).await;
+        self.release(deliveries);
+        acked
+    }
+
+    async fn ack_held(&self, deliveries: &[&Delivery]) -> Result<u64> {
         // One XACK per priority level present, all in one round trip.
         let mut commands = Vec::new();
         for p in Priority::ALL {
@@ -552,8 +636,34 @@ impl Settler {
         Ok(deferred)
     }
 
+    /// Acknowledges the entry and puts `job` in the delayed set, due `delay` from now on Redis's
+    /// clock (one clock for every replica, the rate limiter and promotion). False when stale.
+    /// Like [`Settler::defer`], with the job's payload replaced by `payload`: a handler that
+    /// learned something the next delivery must know (the outbound worker: "sent, record
+    /// pending") writes it into the job itself, atomically with the acknowledgement.
+    pub async fn defer_with_payload(
+        &self,
+        d: &Delivery,
+        delay: Duration,
+        payload: Bytes,
+    ) -> Result<bool> {
+        let mut job = d.stored();
+        job.payload = payload;
+        let deferred = self.schedule(d, &job, delay).await?;
+        if deferred {
+            metrics::counter!("fleet_queue_deferred_total", "queue" => self.queue.name.to_string())
+                .increment(1);
+        }
+        Ok(deferred)
+    }
+
+    /// Forgets deliveries without settling them: their holder lost their lease (the scheduler
+    /// reclaimed them), so they are another worker's now.
+    pub fn abandon(&self, deliveries: &[&Delivery]) {
+        self.release(deliveries);
+    }
+
     async fn schedule(&self, d: &Delivery, job: &StoredJob, delay: Duration) -> Result<bool> {
-        let due = now_ms() + delay.as_millis() as u64;
         let keys = vec![
             self.queue.keys.stream(d.priority).to_owned(),
             self.queue.keys.delayed(),
@@ -561,15 +671,17 @@ impl Settler {
         let args: Vec<Value> = vec![
             Value::from(&*self.group),
             d.stream_id.as_str().into(),
-            (due as i64).into(),
+            (delay.as_millis().min(i64::MAX as u128) as i64).into(),
             job.delayed_member(d.priority),
+            "".into(),
         ];
         let reply = self
             .queue
             .broker
             .eval(&self.queue.broker.scripts.retry, keys, args)
-            .await?;
-        Ok(reply.as_i64() == Some(1))
+            .await;
+        self.release(&[d]);
+        Ok(reply?.as_i64().is_some_and(|due| due > 0))
     }
 
     /// Sends a job to the dead-letter stream with its reason and last error. Returns false when
@@ -615,8 +727,9 @@ impl Settler {
             .queue
             .broker
             .eval(&self.queue.broker.scripts.dead_letter, keys, args)
-            .await?;
-        let done = reply.as_i64() == Some(1);
+            .await;
+        self.leases.release(std::iter::once((priority, stream_id)));
+        let done = reply?.as_i64() == Some(1);
         if done {
             metrics::counter!("fleet_queue_dead_lettered_total",
                 "queue" => self.queue.name.to_string(), "reason" => reason.to_owned())

@@ -40,21 +40,95 @@ impl Error {
     }
 }
 
+/// Error replies that mean "this server cannot serve you right now, try again": a replica during
+/// a failover (`READONLY`), a server loading its data after a restart (`LOADING`), a busy script
+/// (`BUSY`), a cluster without a majority or a slot mid-migration (`CLUSTERDOWN`, `TRYAGAIN`,
+/// `MASTERDOWN`). A worker waits them out like a lost connection instead of ending.
+const TRANSIENT_REPLIES: [&str; 6] = [
+    "LOADING",
+    "BUSY",
+    "READONLY",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "MASTERDOWN",
+];
+
 impl From<fred::error::Error> for Error {
     fn from(e: fred::error::Error) -> Self {
+        let details = e.details();
         match e.kind() {
-            ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Backpressure
-                if !e.details().contains("NOGROUP") =>
+            _ if details.contains("NOGROUP") => Error::Redis(e),
+            ErrorKind::IO
+            | ErrorKind::Timeout
+            | ErrorKind::Canceled
+            | ErrorKind::Backpressure
+            | ErrorKind::Cluster => Error::Unavailable(e),
+            _ if TRANSIENT_REPLIES
+                .iter()
+                .any(|reply| details.trim_start().starts_with(reply)) =>
             {
                 Error::Unavailable(e)
             }
-            _ if e.details().starts_with("LOADING") || e.details().starts_with("BUSY") => {
-                Error::Unavailable(e)
-            }
+            // fred reports a connection closed under a command in flight in several kinds; its
+            // text is the one stable mark.
+            _ if is_connection_lost(details) => Error::Unavailable(e),
             _ => Error::Redis(e),
         }
     }
 }
 
+fn is_connection_lost(details: &str) -> bool {
+    let details = details.to_ascii_lowercase();
+    [
+        "connection reset",
+        "connection closed",
+        "broken pipe",
+        "connection refused",
+        "too many failed write attempts",
+    ]
+    .iter()
+    .any(|mark| details.contains(mark))
+}
+
 /// The queue library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(kind: ErrorKind, text: &str) -> Error {
+        fred::error::Error::new(kind, text.to_owned()).into()
+    }
+
+    #[test]
+    fn failover_replies_are_unavailable_not_fatal() {
+        for text in [
+            "READONLY You can't write against a read only replica.",
+            "LOADING Redis is loading the dataset in memory",
+            "CLUSTERDOWN The cluster is down",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "BUSY Redis is busy running a script.",
+        ] {
+            assert!(reply(ErrorKind::Unknown, text).is_unavailable(), "{text}");
+        }
+        assert!(
+            reply(
+                ErrorKind::Unknown,
+                "Connection reset by peer (os error 104)"
+            )
+            .is_unavailable()
+        );
+        assert!(reply(ErrorKind::IO, "anything").is_unavailable());
+    }
+
+    #[test]
+    fn real_errors_stay_errors() {
+        assert!(!reply(ErrorKind::Unknown, "ERR wrong number of arguments").is_unavailable());
+        assert!(!reply(ErrorKind::Unknown, "WRONGTYPE Operation against a key").is_unavailable());
+        let no_group = reply(ErrorKind::IO, "NOGROUP No such key or consumer group");
+        assert!(no_group.is_no_group() && !no_group.is_unavailable());
+    }
+}
+

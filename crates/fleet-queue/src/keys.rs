@@ -10,6 +10,8 @@
 //! | `<prefix>:{<queue>}:delayed` | sorted set | jobs waiting for a retry or a delay, scored by due time (ms) |
 //! | `<prefix>:{<queue>}:dead` | stream | dead letters, with reason, attempts, last error, original id |
 //! | `<prefix>:{<queue>}:paused` | string | present while the queue is paused |
+//! | `<prefix>:{<queue>}:lease` | string | the lease in ms the scheduler enforces, for the consumers' heartbeats |
+//! | `<prefix>:{<queue>}:fence:<job id>` | string | `<consumer>\|<ms>`: an at-most-once effect of the job is under way and its outcome not recorded yet (see `fence.lua`) |
 //! | `<prefix>:{<queue>}:idem:<key>` | string | the job id first enqueued under an idempotency key, with a TTL |
 
 use fleet_core::Priority;
@@ -54,6 +56,16 @@ impl QueueKeys {
         format!("{}:paused", self.base)
     }
 
+    /// The lease the scheduler enforces on the queue (ms), which consumers renew within.
+    pub fn lease(&self) -> String {
+        format!("{}:lease", self.base)
+    }
+
+    /// The fence of a job's at-most-once effect.
+    pub fn fence(&self, job_id: &str) -> String {
+        format!("{}:fence:{job_id}", self.base)
+    }
+
     /// The key remembering an idempotency key.
     pub fn idempotency(&self, key: &str) -> String {
         format!("{}:idem:{key}", self.base)
@@ -93,7 +105,7 @@ mod tests {
             .streams()
             .iter()
             .cloned()
-            .chain([k.delayed(), k.dead(), k.paused()])
+            .chain([k.delayed(), k.dead(), k.paused(), k.lease()])
         {
             assert!(
                 key.contains("{inbound}"),

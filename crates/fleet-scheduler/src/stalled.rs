@@ -12,9 +12,11 @@ use crate::{config::ConfigError, duration, task};
 
 /// How often pending entries are checked.
 pub const INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
-/// How long a consumer may hold an entry before it counts as stalled (as in BullMQ and Asynq).
-/// Must be longer than the longest job timeout of the workers, or a slow job runs twice.
-pub const LEASE_DEFAULT: Duration = Duration::from_secs(30);
+/// How long a consumer may hold an entry without renewing it before it counts as stalled (as in
+/// BullMQ and Asynq): the queue library's default, which consumers assume until this task
+/// publishes the configured lease. Consumers renew every third of it, so only a dead, frozen or
+/// cut-off consumer loses an entry.
+pub const LEASE_DEFAULT: Duration = fleet_queue::LEASE_DEFAULT;
 /// Most entries handled by one script call, per priority stream. Each entry costs the script a
 /// read, an acknowledgement and an append: measured at about 1.5 ms of Redis time per call of
 /// 200 (3.7 ms median, 10 ms worst for 500 on a loaded 2-core machine), so 200 keeps every call
@@ -113,6 +115,9 @@ impl Stalled {
         let mut out = Outcome::default();
         for q in &self.queues {
             let lease = self.config.lease_for(q.name());
+            // Consumers renew their leases within the lease published here (every third of it),
+            // so the lease has one home: this task's configuration.
+            q.publish_lease(lease).await?;
             let (mut reclaimed, mut dead, mut gone) = (0u64, 0u64, 0u64);
             let mut batches = 0u32;
             loop {

@@ -225,6 +225,7 @@ mod tests {
             body: OutboundBody::Text { text: "hi".into() },
             origin: "api".into(),
             created_at_ms: 1,
+            sent: None,
         };
         let bytes = wire::encode(&reply).unwrap();
         let d = decode_payload(OUTBOUND_QUEUE, &bytes);

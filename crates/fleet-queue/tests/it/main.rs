@@ -7,4 +7,5 @@ mod support;
 mod apalis;
 mod consume;
 mod enqueue;
+mod leases;
 mod maintenance;

@@ -24,6 +24,16 @@ impl TestQueue {
         TestQueue { broker, queue }
     }
 
+    /// A client of its own on the test's Redis, for looking at keys directly.
+    pub(crate) async fn broker_client(&self) -> fred::prelude::Client {
+        use fred::prelude::*;
+        let client = Builder::from_config(Config::from_url(&redis_url()).unwrap())
+            .build()
+            .unwrap();
+        client.init().await.unwrap();
+        client
+    }
+
     /// A consumer with small batches, no linger, a short block, strict priorities.
     pub(crate) async fn consumer(&self, batch: usize) -> Consumer {
         self.consumer_with(batch, PriorityMode::Strict).await

@@ -41,6 +41,7 @@ pub(crate) fn reply(n: usize) -> OutboundMessage {
         },
         origin: "api".into(),
         created_at_ms: 1,
+        sent: None,
     }
 }
 
