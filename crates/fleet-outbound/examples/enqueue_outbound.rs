@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
                     },
                     origin: "bench".into(),
                     created_at_ms: 0,
+                    sent: None,
                 };
                 (m, EnqueueOptions::default())
             })

@@ -19,35 +19,10 @@ pub const RECORD_BATCH_DEFAULT: usize = 500;
 pub const RECORD_LINGER_DEFAULT: Duration = Duration::from_millis(20);
 /// Default time a shutdown waits for sends in flight.
 pub const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(20);
-
-/// Which jobs are looked up in the "already sent" record (`outbound_messages`) before the send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SentCheck {
-    /// Every job: one Postgres lookup per send.
-    Always,
-    /// Jobs handed out before (`attempts > 0`): the only ones that can have been sent. The queue
-    /// counts an attempt on every redelivery (a retry, and stalled recovery after a crash between
-    /// the record and the acknowledgement), so a first delivery cannot have been sent; this halves
-    /// the database load of the hot path. (A dead-letter replay resets attempts, but a job whose
-    /// send was recorded is acknowledged on its first redelivery and never reaches the dead
-    /// letters.)
-    #[default]
-    Redelivered,
-    /// Never (only for benchmarks of the rest of the path).
-    Never,
-}
-
-impl SentCheck {
-    /// Whether a delivery with `attempts` failed attempts so far is looked up.
-    pub fn applies(self, attempts: u32) -> bool {
-        match self {
-            SentCheck::Always => true,
-            SentCheck::Redelivered => attempts > 0,
-            SentCheck::Never => false,
-        }
-    }
-}
+/// Default of how long another holder's unrecorded send keeps a redelivered job from being sent
+/// (see `fleet_queue::Fence`): longer than any freeze of a worker we mean to survive without a
+/// second send. Only jobs whose holder died between its fence and its record wait this long.
+pub const IN_DOUBT_WAIT_DEFAULT: Duration = Duration::from_secs(300);
 
 /// Settings of `fleet-outbound` (file section `[outbound]`; every field has a default).
 #[derive(Debug, Clone, Deserialize)]
@@ -71,8 +46,10 @@ pub struct OutboundConfig {
     /// Longest a send waits in the process for its rate-limit slot (local smoothing, or a reserved
     /// slot due very soon) before the job is deferred to the delayed set instead, in milliseconds.
     pub local_wait_max_ms: u64,
-    /// Which jobs have their "already sent" record looked up before the send.
-    pub check_sent: SentCheck,
+    /// How long a redelivered job waits when an earlier holder started its send and recorded no
+    /// outcome (it may be frozen, or mid-send), in milliseconds; past it the earlier holder is
+    /// taken for dead and the job is sent.
+    pub in_doubt_wait_ms: u64,
     /// Most results written to Postgres at once.
     pub record_batch: usize,
     /// Longest a result waits before its batch is written, in milliseconds.
@@ -100,7 +77,7 @@ impl Default for OutboundConfig {
             reservation_horizon_ms: 30_000,
             reservation_grace_ms: 10_000,
             local_wait_max_ms: 50,
-            check_sent: SentCheck::Redelivered,
+            in_doubt_wait_ms: IN_DOUBT_WAIT_DEFAULT.as_millis() as u64,
             record_batch: RECORD_BATCH_DEFAULT,
             record_linger_ms: RECORD_LINGER_DEFAULT.as_millis() as u64,
             drain_timeout_ms: DRAIN_TIMEOUT_DEFAULT.as_millis() as u64,
@@ -136,6 +113,9 @@ impl OutboundConfig {
             return Err(
                 "outbound.recipient_burst and outbound.sender_burst must be at least 1".into(),
             );
+        }
+        if self.in_doubt_wait_ms == 0 {
+            return Err("outbound.in_doubt_wait_ms must be positive".into());
         }
         if self.reservation_horizon_ms == 0 {
             return Err("outbound.reservation_horizon_ms must be positive".into());

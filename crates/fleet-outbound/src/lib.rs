@@ -3,6 +3,7 @@
 pub mod classify;
 pub mod config;
 pub mod http;
+mod ledger;
 pub mod meta;
 pub mod twilio;
 pub mod worker;
@@ -12,7 +13,7 @@ pub mod worker;
 pub use fleet_queue::ratelimit;
 
 pub use classify::{Attempt, SendOutcome, TransportError, classify};
-pub use config::{OutboundConfig, SentCheck};
+pub use config::OutboundConfig;
 pub use http::{HttpConfig, build_client};
 pub use worker::run;
 

@@ -88,6 +88,7 @@ mod tests {
             body,
             origin: "api".into(),
             created_at_ms: 0,
+            sent: None,
         }
     }
 

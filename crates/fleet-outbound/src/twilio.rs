@@ -105,6 +105,7 @@ mod tests {
             body: OutboundBody::Text { text: "hi".into() },
             origin: "api".into(),
             created_at_ms: 0,
+            sent: None,
         };
         assert_eq!(
             form(&settings, &m),

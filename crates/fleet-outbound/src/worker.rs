@@ -5,16 +5,31 @@
 //! apalis's `.concurrency(n)` bounds the handlers in flight (`concurrency` sends plus the sent
 //! results waiting for their record), and a semaphore of `concurrency` bounds the sends among
 //! them. Each handler decodes, finds the
-//! tenant, checks the "already sent" record, waits for the shared rate limits, sends, classifies,
-//! and returns what the backend's middleware settles: `Ok` acknowledges, [`JobError::Retry`] goes
-//! to the delayed set counting an attempt, [`JobError::Fatal`] dead-letters,
-//! [`JobError::Defer`] waits without counting one (rate limits, Postgres or the limiter away).
-//! Results go through a bounded channel to the recorder, which writes them to Postgres in
-//! batches; a successful send's handler waits for its batch to commit before it returns `Ok`, so
-//! the acknowledgement always follows the record: a redelivered job whose send succeeded finds its
-//! record and is acknowledged without a second send. Shutdown (the [`Shutdown`] token drives
-//! `Monitor::run_with_signal`): stop reading, let handlers in flight finish (bounded by the drain
-//! timeout), give back deliveries read but never started, then flush the recorder.
+//! tenant, checks the "already sent" record (always, one query for many jobs: `ledger.rs`), waits
+//! for the shared rate limits, passes the fence, sends, classifies, and returns what the backend's
+//! middleware settles: `Ok` acknowledges, [`JobError::Retry`] goes to the delayed set counting an
+//! attempt, [`JobError::Fatal`] dead-letters, [`JobError::Defer`] waits without counting one (rate
+//! limits, Postgres or the limiter away, another holder's send in doubt).
+//!
+//! No second send, fault by fault:
+//! - Results go through a bounded channel to the recorder, which writes them to Postgres in
+//!   batches and never drops one: while Postgres is away it retries, the channel fills, handlers
+//!   wait to hand over their results holding their send slots, and no new send starts. A
+//!   successful send's handler returns `Ok` (the acknowledgement) only once its record committed,
+//!   so a redelivery finds the record and is acknowledged without a send.
+//! - A stop while a record is still unwritten (Postgres away): after a short grace the handler
+//!   writes "sent, record pending" into the job itself ([`SentNote`], atomically with the
+//!   acknowledgement); the next delivery records it and never sends.
+//! - A worker frozen or cut off past its lease: right before the send, the fence
+//!   ([`fleet_queue::Fence`]) confirms the entry is still this consumer's (a reclaimed holder
+//!   stops there) and marks the job; a later holder that finds another's mark with no outcome
+//!   recorded waits for that record (up to `in_doubt_wait_ms`) instead of sending.
+//! - The remaining window: a process killed (SIGKILL, power loss) between the provider's answer and
+//!   its record; its job is sent again once `in_doubt_wait_ms` has passed.
+//!
+//! Shutdown (the [`Shutdown`] token drives `Monitor::run_with_signal`): stop reading, let handlers
+//! in flight finish (bounded by the drain timeout), give back deliveries read but never started,
+//! then flush the recorder.
 
 use std::{
     collections::HashMap,
@@ -30,9 +45,9 @@ use apalis::{
     layers::tracing::{DefaultOnFailure, TraceLayer},
     prelude::{Data, Event, Monitor, WorkerBuilder, WorkerBuilderExt},
 };
-use fleet_core::{OUTBOUND_QUEUE, OutboundBody, OutboundMessage, Provider};
+use fleet_core::{OUTBOUND_QUEUE, OutboundBody, OutboundMessage, Provider, SentNote, wire};
 use fleet_queue::{
-    Broker, ConsumerOptions, Delivery, RetryAfter,
+    Broker, ConsumerOptions, Delivery, Fence, Queue, RetryAfter, Settler,
     apalis_backend::{JobError, StreamsBackend},
 };
 use fleet_runtime::{Shutdown, TenantsHandle, tenants::Tenant};
@@ -45,6 +60,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     classify::SendOutcome,
     config::OutboundConfig,
+    ledger::SentLedger,
     meta::MetaClient,
     ratelimit::{Admission, Limit, LimiterOptions, Rate, RateLimiter, Request},
     twilio::TwilioClient,
@@ -53,8 +69,19 @@ use crate::{
 /// How long a job waits when its "already sent" record cannot be read (Postgres away): it must
 /// not be sent blind, and it must not burn an attempt.
 const LEDGER_UNAVAILABLE_PAUSE: Duration = Duration::from_secs(5);
-/// How long a job waits when the rate limiter cannot be asked (Redis away).
+/// How long a job waits when the rate limiter or the fence cannot be asked (Redis away).
 const LIMITER_UNAVAILABLE_PAUSE: Duration = Duration::from_secs(2);
+/// Longest wait before a job whose earlier holder's send is in doubt looks again (the record
+/// usually arrives well before the in-doubt wait ends).
+const IN_DOUBT_RECHECK: Duration = Duration::from_secs(5);
+/// How long, once shutdown began, a sent job's handler still waits for its record before it
+/// writes "sent, record pending" into the job instead.
+const RECORD_STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long the recorder, once every handler returned, keeps retrying what is left before it
+/// gives up (those results' jobs were given back with their outcome, or are still pending).
+const RECORD_STOP_DRAIN: Duration = Duration::from_secs(5);
+/// Longest pause between two tries of a failed record write.
+const RECORD_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Most local waits for a reserved slot before deferring instead (a reserved slot lets the job go
 /// on the first check after it; this bounds the loop if clocks disagree).
 const MAX_LOCAL_ROUNDS: usize = 3;
@@ -71,7 +98,8 @@ struct Ctx {
     limiter: RateLimiter,
     local: LocalLimiters,
     tenants: TenantsHandle,
-    store: Store,
+    /// The "already sent" lookups.
+    ledger: SentLedger,
     /// To the recorder.
     record_tx: mpsc::Sender<Recorded>,
     /// Sends in flight: `concurrency`. A handler holds a permit from its start until its result
@@ -141,6 +169,7 @@ pub async fn run(
     let recorder_stop = Shutdown::new();
     let recorder = tokio::spawn(record_loop(
         store.clone(),
+        queue.clone(),
         config.record_batch,
         Duration::from_millis(config.record_linger_ms),
         record_rx,
@@ -157,7 +186,7 @@ pub async fn run(
         limiter,
         local: LocalLimiters::default(),
         tenants,
-        store,
+        ledger: SentLedger::start(&store),
         record_tx,
         sends: Arc::new(Semaphore::new(concurrency)),
         shutdown: shutdown.clone(),
@@ -303,7 +332,7 @@ fn defer(delay: Duration, reason: &'static str) -> JobError {
 /// The apalis handler: one delivery, start to outcome. The backend's middleware settles the
 /// outcome; a settlement that fails leaves the entry pending, and stalled recovery hands it out
 /// again, where the "already sent" record protects it.
-async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
+async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>, settler: Data<Settler>) -> Result<(), JobError> {
     // Fair (FIFO) and never closed. Dropped with the gauge's guard once the send is over. A job
     // still waiting for a slot when shutdown begins has not started: it goes back to the queue
     // (due now, no attempt counted) instead of making the drain wait for its send.
@@ -339,22 +368,49 @@ async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
         return Err(dead("no_provider", error));
     };
 
-    if ctx.config.check_sent.applies(d.attempts) {
-        match ctx.store.outbound_sent(d.job_id.as_str()).await {
-            Ok(Some(_)) => {
-                // Sent before and recorded (a redelivery after a crash between record and ack).
-                metrics::counter!("fleet_outbound_already_sent_total", "provider" => provider.as_str()).increment(1);
-                return Ok(());
-            }
-            Ok(None) => {}
-            Err(e) => {
-                warn!(job = %d.job_id, error = %e, "cannot read the sent record; deferring the job");
-                return Err(defer(LEDGER_UNAVAILABLE_PAUSE, "ledger"));
-            }
+    // Sent before? Asked for every delivery, whatever its attempt count (a replay resets it).
+    match ctx.ledger.sent(d.job_id.as_str()).await {
+        Ok(Some(_)) => {
+            // Sent and recorded by an earlier delivery (a crash between record and ack, a replay).
+            metrics::counter!("fleet_outbound_already_sent_total", "provider" => provider.as_str())
+                .increment(1);
+            return Ok(());
         }
+        Ok(None) => {}
+        Err(e) => {
+            warn!(job = %d.job_id, error = %e, "cannot read the sent record; deferring the job");
+            return Err(defer(LEDGER_UNAVAILABLE_PAUSE, "ledger"));
+        }
+    }
+    // Sent by an earlier delivery that stopped before its record was written: record, never send.
+    if let Some(note) = &message.sent {
+        metrics::counter!("fleet_outbound_already_sent_total", "provider" => provider.as_str())
+            .increment(1);
+        let id = note.provider_message_id.clone();
+        return record_sent(&ctx, &d, &message, id, send_slot).await;
     }
 
     admit(&ctx, &d, &message, &scope, sender_rate).await?;
+
+    // Right before the send: the entry must still be ours, and no earlier holder's send in doubt.
+    let in_doubt_wait = Duration::from_millis(ctx.config.in_doubt_wait_ms);
+    match settler.fence(&d, in_doubt_wait).await {
+        Ok(Fence::Go) => {}
+        Ok(Fence::Lost) => {
+            warn!(job = %d.job_id, "lease lost before the send (the process was frozen or cut off); not sending");
+            metrics::counter!("fleet_outbound_lease_lost_total").increment(1);
+            return Err(JobError::LeaseLost);
+        }
+        Ok(Fence::InDoubt { age }) => {
+            debug!(job = %d.job_id, age_ms = age.as_millis() as u64, "an earlier send of this job is in doubt; waiting for its record");
+            let wait = in_doubt_wait.saturating_sub(age).min(IN_DOUBT_RECHECK);
+            return Err(defer(wait.max(Duration::from_millis(1)), "in_doubt"));
+        }
+        Err(e) => {
+            warn!(job = %d.job_id, error = %e, "cannot pass the send fence; deferring the job");
+            return Err(defer(LIMITER_UNAVAILABLE_PAUSE, "fence"));
+        }
+    }
 
     let started = Instant::now();
     let outcome = match provider {
@@ -376,31 +432,7 @@ async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
     match outcome {
         SendOutcome::Sent {
             provider_message_id,
-        } => {
-            let rec = record_for(
-                &d,
-                &message,
-                OutboundState::Sent,
-                attempts,
-                None,
-                Some(provider_message_id),
-            );
-            // Record before ack: `Ok` (the acknowledgement) only once the batch is committed.
-            let (committed, written) = oneshot::channel();
-            record(&ctx.record_tx, Some(committed), rec).await;
-            // In the channel: the send slot is free for the next job while this one waits.
-            drop(send_slot);
-            if written.await.unwrap_or(false) {
-                return Ok(());
-            }
-            // Sent but not recorded (Postgres stayed away through the recorder's retries): the
-            // retry counts an attempt, so the redelivery looks the record up again; without one
-            // it is sent again (the double-send window the README describes).
-            Err(JobError::Retry {
-                after: RetryAfter::Backoff,
-                error: "sent, but the result could not be recorded".into(),
-            })
-        }
+        } => record_sent(&ctx, &d, &message, Some(provider_message_id), send_slot).await,
         SendOutcome::Retry { after, reason } | SendOutcome::RateLimited { after, reason } => {
             let how = after.map_or(RetryAfter::Backoff, RetryAfter::Exactly);
             debug!(job = %d.job_id, tenant = %message.tenant, %provider, %reason, "send failed; retrying");
@@ -443,6 +475,62 @@ async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
             );
             record(&ctx.record_tx, None, rec).await;
             Err(dead("auth", reason))
+        }
+    }
+}
+
+/// Records a successful send and returns once it is committed (`Ok`: the acknowledgement follows
+/// the record). The recorder retries until Postgres answers; only a stop cuts the wait short, and
+/// then the job goes back with "sent, record pending" written into it, so its next delivery
+/// records it instead of sending it again.
+async fn record_sent(
+    ctx: &Ctx,
+    d: &Delivery,
+    message: &OutboundMessage,
+    provider_message_id: Option<String>,
+    send_slot: impl Sized,
+) -> Result<(), JobError> {
+    let rec = record_for(
+        d,
+        message,
+        OutboundState::Sent,
+        d.attempts + 1,
+        None,
+        provider_message_id.clone(),
+    );
+    let (committed, written) = oneshot::channel();
+    record(&ctx.record_tx, Some(committed), rec).await;
+    // In the channel: the send slot is free for the next job while this one waits.
+    drop(send_slot);
+    let stopping = async {
+        ctx.shutdown.cancelled().await;
+        tokio::time::sleep(RECORD_STOP_GRACE).await;
+    };
+    let written = tokio::select! {
+        written = written => written.unwrap_or(false),
+        () = stopping => false,
+    };
+    if written {
+        return Ok(());
+    }
+    warn!(job = %d.job_id, "sent, but the record is not written yet; the job keeps the outcome for its next delivery");
+    metrics::counter!("fleet_outbound_sent_notes_total").increment(1);
+    let noted = OutboundMessage {
+        sent: Some(SentNote {
+            provider_message_id,
+        }),
+        ..message.clone()
+    };
+    match wire::encode(&noted) {
+        Ok(payload) => Err(JobError::DeferWith {
+            delay: LEDGER_UNAVAILABLE_PAUSE,
+            payload: payload.into(),
+        }),
+        // Cannot happen for a message that decoded; if it did, the entry stays pending and the
+        // fence's mark keeps a redelivery from sending for the in-doubt wait.
+        Err(e) => {
+            error!(job = %d.job_id, error = %e, "cannot encode the sent note");
+            Err(JobError::LeaseLost)
         }
     }
 }
@@ -550,9 +638,10 @@ async fn record(
 
 /// Writes results in batches of up to `max`, each at most `linger` after its first result, and
 /// tells each waiting handler once its batch is committed. Runs until `stop`, then writes what is
-/// left.
+/// left (for at most [`RECORD_STOP_DRAIN`] if Postgres is away).
 async fn record_loop(
     store: Store,
+    queue: Queue,
     max: usize,
     linger: Duration,
     mut rx: mpsc::Receiver<Recorded>,
@@ -573,54 +662,70 @@ async fn record_loop(
                 Ok(None) | Err(_) => break,
             }
         }
-        flush(&store, &mut buf).await;
+        flush(&store, &queue, &mut buf, &stop).await;
     }
     // Stopped: every handler is gone, so what is in the channel is all there will be.
     while let Ok(r) = rx.try_recv() {
         buf.push(r);
         if buf.len() >= max {
-            flush(&store, &mut buf).await;
+            flush(&store, &queue, &mut buf, &stop).await;
         }
     }
-    flush(&store, &mut buf).await;
+    flush(&store, &queue, &mut buf, &stop).await;
 }
 
-async fn flush(store: &Store, buf: &mut Vec<Recorded>) {
+/// Writes one batch, retrying with capped backoff until it commits: a result is never dropped
+/// while the worker runs (the full channel holds the handlers, so no new send starts meanwhile).
+/// Once `stop` is cancelled, it gives up after [`RECORD_STOP_DRAIN`]. After a commit, the jobs'
+/// send fences are cleared: their outcome is known.
+async fn flush(store: &Store, queue: &Queue, buf: &mut Vec<Recorded>, stop: &Shutdown) {
     if buf.is_empty() {
         return;
     }
     let rows: Vec<OutboundRecord> = buf.iter().map(|r| r.record.clone()).collect();
     let started = Instant::now();
-    // The write is retried with a growing pause, bounded: while it fails no handler returns, the
-    // channel fills, the handlers' slots stay taken, and the worker reads no more (backpressure
-    // instead of unbounded memory).
+    let mut stopped_at: Option<Instant> = None;
     let mut pause = Duration::from_millis(100);
-    let mut written = false;
-    for attempt in 1..=8 {
+    let mut attempt = 0u32;
+    let written = loop {
+        attempt = attempt.saturating_add(1);
         match store.record_outbound_results(&rows).await {
-            Ok(()) => {
-                written = true;
-                break;
-            }
+            Ok(()) => break true,
             Err(e) => {
-                warn!(attempt, rows = rows.len(), error = %e, "recording send results failed");
+                warn!(attempt, rows = rows.len(), error = %e, "recording send results failed; retrying");
                 metrics::counter!("fleet_outbound_record_failures_total").increment(1);
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
-    }
+        if stop.is_cancelled() {
+            let since = *stopped_at.get_or_insert_with(Instant::now);
+            if since.elapsed() >= RECORD_STOP_DRAIN {
+                break false;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            // A stop cuts the pause short, so the drain window starts at once.
+            () = stop.cancelled(), if stopped_at.is_none() => {}
+        }
+        pause = (pause * 2).min(RECORD_BACKOFF_MAX);
+    };
     metrics::histogram!("fleet_outbound_record_duration_seconds")
         .record(started.elapsed().as_secs_f64());
-    if !written {
+    if written {
+        let jobs: Vec<&str> = rows.iter().map(|r| r.job_id.as_str()).collect();
+        if let Err(e) = queue.clear_fences(&jobs).await {
+            // They expire on their own; meanwhile a retried job may wait for the in-doubt check.
+            warn!(error = %e, "clearing send fences failed");
+        }
+    } else {
         error!(
             rows = rows.len(),
-            "giving up recording send results; their sent jobs are retried"
+            "stopping with send results unwritten (Postgres away); sent jobs carry their outcome"
         );
     }
     for r in buf.drain(..) {
         if let Some(committed) = r.committed {
-            // A handler dropped at the drain timeout no longer listens: nothing to tell.
+            // A handler that gave up waiting (a stop) no longer listens: nothing to tell.
             let _ = committed.send(written);
         }
     }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 pub use crate::{
     error::{Error, ErrorClass, Result, classify_sqlstate},
     inbound::{BatchOutcome, WelcomeClaim},
-    outbound::{OutboundRecord, OutboundState},
+    outbound::{OutboundRecord, OutboundState, SentRecord},
 };
 
 /// The migrations in `migrations/`, embedded at build time.

@@ -213,17 +213,48 @@ impl Store {
         Ok(())
     }
 
-    /// The provider message id of a reply already sent, so a redelivered job is not sent twice.
-    pub async fn outbound_sent(&self, job_id: &str) -> Result<Option<String>> {
-        let mut conn = self.acquire().await?;
-        let id: Option<Option<String>> = sqlx::query_scalar(
-            "SELECT provider_message_id FROM outbound_messages WHERE job_id = $1 AND state = 'sent'",
-        )
-        .bind(job_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        Ok(id.flatten())
+    /// The sent record of a reply already sent, so a redelivered job is not sent twice.
+    pub async fn outbound_sent(&self, job_id: &str) -> Result<Option<SentRecord>> {
+        Ok(self.outbound_sent_many(&[job_id]).await?.remove(job_id))
     }
+
+    /// The sent records of those of `job_ids` that were sent, in one query (the outbound worker
+    /// looks up every read batch's jobs at once). A job recorded `sent` is in the answer even
+    /// when the provider gave no message id: it was sent all the same.
+    pub async fn outbound_sent_many(
+        &self,
+        job_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, SentRecord>> {
+        if job_ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let mut conn = self.acquire().await?;
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT job_id, provider_message_id FROM outbound_messages \
+             WHERE job_id = ANY($1) AND state = 'sent'",
+        )
+        .bind(job_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(job_id, provider_message_id)| {
+                (
+                    job_id,
+                    SentRecord {
+                        provider_message_id,
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+/// What the store knows of a reply that was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentRecord {
+    /// The provider's id of the message, when the provider gave one.
+    pub provider_message_id: Option<String>,
 }
 
 #[cfg(test)]

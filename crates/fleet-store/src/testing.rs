@@ -83,6 +83,29 @@ impl TestDb {
         )
     }
 
+    /// Makes one table unreachable (renamed away) until [`TestDb::restore_table`]: every
+    /// statement on it fails, as in a Postgres outage seen by that statement alone, while the
+    /// rest of the database keeps answering (fault injection for workers' tests).
+    pub async fn hide_table(&self, table: &str) {
+        self.rename_table(table, &format!("{table}_hidden")).await;
+    }
+
+    /// Undoes [`TestDb::hide_table`].
+    pub async fn restore_table(&self, table: &str) {
+        self.rename_table(&format!("{table}_hidden"), table).await;
+    }
+
+    async fn rename_table(&self, from: &str, to: &str) {
+        let plain = |t: &str| t.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+        assert!(plain(from) && plain(to), "plain table names");
+        // A table name cannot be a bind parameter; both are checked above to be identifiers.
+        let sql = format!("ALTER TABLE {from} RENAME TO {to}");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(self.store.pool())
+            .await
+            .expect("rename the table");
+    }
+
     /// Closes the store and drops the database.
     pub async fn cleanup(mut self) {
         self.store.close().await;

@@ -30,6 +30,9 @@ async fn a_crash_mid_backlog_loses_nothing_and_duplicates_only_the_open_window()
         batch_size: 50,
         record_batch: 100,
         record_linger_ms: 20,
+        // The crashed worker's fenced sends are in doubt for this long, then sent again: the
+        // kill window this test measures (a short wait, so the test need not sit out the default).
+        in_doubt_wait_ms: 1_000,
         ..env.config()
     };
 
@@ -77,11 +80,14 @@ async fn a_crash_mid_backlog_loses_nothing_and_duplicates_only_the_open_window()
             .queue
             .reclaim_stalled(GROUP_DEFAULT, Duration::from_secs(3), 10_000, now_ms())
             .await;
+        // Jobs deferred while in doubt wait in the delayed set (the scheduler's promotion).
+        let _ = env.queue.promote_due(now_ms(), 10_000).await;
         let s = env.mock.provider.stats();
         s.deliveries - s.duplicates >= count
     })
     .await;
     eventually("the queue is drained", || async {
+        let _ = env.queue.promote_due(now_ms(), 10_000).await;
         let s = env.queue.stats().await.unwrap();
         s.priorities
             .iter()

@@ -4,6 +4,7 @@
 mod support;
 
 mod crash;
+mod guarantees;
 mod limits;
 mod sends;
 mod shutdown;

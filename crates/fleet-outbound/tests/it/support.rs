@@ -140,6 +140,7 @@ impl TestEnv {
             body: OutboundBody::Text { text: text.into() },
             origin: "api".into(),
             created_at_ms: 0,
+            sent: None,
         };
         self.queue
             .enqueue(&m, &EnqueueOptions::default())

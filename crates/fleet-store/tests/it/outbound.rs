@@ -27,6 +27,31 @@ pub(crate) fn record(
 }
 
 #[tokio::test]
+async fn a_send_recorded_without_a_provider_id_still_reads_as_sent() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    store
+        .record_outbound_results(&[
+            record("no-id", OutboundState::Sent, 1, None),
+            record("with-id", OutboundState::Sent, 1, Some("wamid.x")),
+            record("queued", OutboundState::Queued, 1, None),
+        ])
+        .await
+        .unwrap();
+    let sent = store
+        .outbound_sent_many(&["no-id", "with-id", "queued", "unknown"])
+        .await
+        .unwrap();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent["no-id"].provider_message_id, None);
+    assert_eq!(
+        sent["with-id"].provider_message_id.as_deref(),
+        Some("wamid.x")
+    );
+    assert!(store.outbound_sent("no-id").await.unwrap().is_some());
+}
+
+#[tokio::test]
 async fn sent_is_final_and_logged_once() {
     let db = TestDb::new().await;
     let store = db.store();
@@ -45,7 +70,12 @@ async fn sent_is_final_and_logged_once() {
         .await
         .unwrap();
     assert_eq!(
-        store.outbound_sent("j1").await.unwrap().as_deref(),
+        store
+            .outbound_sent("j1")
+            .await
+            .unwrap()
+            .and_then(|r| r.provider_message_id)
+            .as_deref(),
         Some("wamid.out1")
     );
     let (state, attempts): (String, i32) =
