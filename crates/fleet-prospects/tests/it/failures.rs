@@ -126,3 +126,50 @@ async fn a_transient_outage_acknowledges_nothing_and_dead_letters_nothing() {
     assert_eq!(h.pending_and_dead().await, (0, 0));
     h.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_lease_is_not_an_attempt() {
+    let h = Harness::new().await;
+    h.enqueue(&[
+        msg("plain", "c1", "m1", 1_700_000_000, "ok"),
+        msg("plain", "c2", "m2", 1_700_000_001, "ok"),
+    ])
+    .await;
+    // A short lease, as the scheduler would publish it: the worker's heartbeat renews every third.
+    let lease = Duration::from_millis(900);
+    h.inbound().publish_lease(lease).await.unwrap();
+    h.db.hide_table("messages").await;
+    let shutdown = Shutdown::new();
+    let mut worker = h.worker(Harness::config(10), shutdown.clone()).await;
+    let read_at = std::time::Instant::now();
+    let holding = tokio::spawn(async move { worker.run_once().await.map(|r| (r, worker)) });
+    // Wait (bounded) until the entries were read and held through three leases of the outage.
+    let mut held = false;
+    for _ in 0..500 {
+        held = h.pending_and_dead().await.0 == 2 && read_at.elapsed() > lease * 3;
+        if held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(held, "the worker holds the batch through the outage");
+    // The scheduler's stalled recovery finds nothing to reclaim: the holder is alive.
+    let r = h
+        .inbound()
+        .reclaim_stalled(
+            fleet_queue::GROUP_DEFAULT,
+            lease,
+            100,
+            fleet_queue::now_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.requeued + r.dead_lettered, 0, "{r:?}");
+    // Postgres comes back: the same worker writes and acknowledges, no attempt counted.
+    h.db.restore_table("messages").await;
+    let (report, _worker) = holding.await.unwrap().unwrap();
+    assert_eq!((report.acked, report.dead_lettered), (2, 0));
+    assert_eq!(h.totals().await, (2, 2, 2));
+    assert_eq!(h.pending_and_dead().await, (0, 0));
+    h.cleanup().await;
+}
