@@ -22,6 +22,18 @@ pub use worker::run;
 pub fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
+        "fleet_outbound_lease_lost_total",
+        "Sends not made because the fence found the entry reclaimed (the worker was frozen or cut off past its lease)."
+    );
+    describe_counter!(
+        "fleet_outbound_sent_notes_total",
+        "Sent jobs given back at a stop with their outcome written into them, their record not yet written."
+    );
+    describe_histogram!(
+        "fleet_outbound_sent_lookup_jobs",
+        "Jobs asked about in one sent-record lookup."
+    );
+    describe_counter!(
         "fleet_outbound_sends_total",
         "Send attempts by provider and outcome."
     );

@@ -82,7 +82,7 @@ where
                     && window.is_none_or(|w| started.elapsed() + wait <= w) =>
             {
                 tracing::warn!(error = %e, "{what} failed, Redis unavailable; retrying");
-                metrics::counter!("fleet_queue_unavailable_retries_total", "operation" => what.to_owned())
+                metrics::counter!("fleet_queue_unavailable_retries_total", "reason" => what.to_owned())
                     .increment(1);
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(UNAVAILABLE_BACKOFF_MAX);
@@ -280,7 +280,7 @@ impl<M: Mode> StreamsBackend<M> {
                 match consumer.next_batch().await {
                     Err(e) if e.is_unavailable() && !closing.load(Ordering::Relaxed) => {
                         tracing::warn!(error = %e, "queue read failed, Redis unavailable; retrying");
-                        metrics::counter!("fleet_queue_unavailable_retries_total", "operation" => "read")
+                        metrics::counter!("fleet_queue_unavailable_retries_total", "reason" => "read")
                             .increment(1);
                         tokio::time::sleep(wait).await;
                         wait = (wait * 2).min(UNAVAILABLE_BACKOFF_MAX);

@@ -131,4 +131,3 @@ mod tests {
         assert!(no_group.is_no_group() && !no_group.is_unavailable());
     }
 }
-

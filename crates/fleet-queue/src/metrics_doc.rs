@@ -1,9 +1,24 @@
 //! Descriptions of the queue library's metrics, so each `/metrics` page explains them (`# HELP`).
 
-use metrics::{Unit, describe_counter, describe_histogram};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// Describes every metric this library records; call once after installing the recorder.
 pub fn describe_metrics() {
+    describe_gauge!(
+        "fleet_queue_leases_held",
+        Unit::Count,
+        "Entries a consumer of this process holds (read, not settled), whose leases its heartbeat renews."
+    );
+    describe_counter!(
+        "fleet_queue_leases_lost_total",
+        Unit::Count,
+        "Held entries found reclaimed by the scheduler (the holder was frozen or cut off past its lease)."
+    );
+    describe_counter!(
+        "fleet_queue_unavailable_retries_total",
+        Unit::Count,
+        "Worker operations (connect, read, settle) retried because Redis was unavailable, by reason."
+    );
     describe_counter!(
         "fleet_queue_enqueued_total",
         Unit::Count,
