@@ -5,6 +5,7 @@ mod support;
 
 #[cfg(feature = "apalis")]
 mod apalis;
+mod batch;
 mod consume;
 mod enqueue;
 mod maintenance;
