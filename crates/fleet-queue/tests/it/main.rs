@@ -9,3 +9,4 @@ mod batch;
 mod consume;
 mod enqueue;
 mod maintenance;
+mod replay;
