@@ -7,7 +7,7 @@ use fleet_core::Priority;
 use fred::{cmd, prelude::*, types::Value};
 
 use crate::{
-    Queue, Result,
+    Clock, Queue, Result,
     consumer::DEAD_LETTER_CAP_DEFAULT,
     entry::{cmp_ids, next_id, parse_entries, text_of},
 };
@@ -33,13 +33,14 @@ pub struct Retention {
 }
 
 impl Queue {
-    /// Moves up to `limit` delayed entries due at `now_ms` onto their streams, atomically (one
+    /// Moves up to `limit` delayed entries due at `now` onto their streams, atomically (one
     /// script call); returns how many moved. Two schedulers running it at once move each entry
-    /// once: the move is one script, and scripts run one at a time.
-    pub async fn promote_due(&self, now_ms: u64, limit: usize) -> Result<u64> {
+    /// once: the move is one script, and scripts run one at a time. `now` is [`Clock::Redis`]
+    /// in production (the clock delayed enqueues use), or an injected time in Unix ms.
+    pub async fn promote_due(&self, now: impl Into<Clock>, limit: usize) -> Result<u64> {
         let mut keys: Vec<String> = self.keys.streams().to_vec();
         keys.push(self.keys.delayed());
-        let args: Vec<Value> = vec![(now_ms as i64).into(), (limit.max(1) as i64).into()];
+        let args: Vec<Value> = vec![now.into().arg(), (limit.max(1) as i64).into()];
         let reply = self
             .broker
             .eval(&self.broker.scripts.promote, keys, args)
@@ -59,14 +60,17 @@ impl Queue {
 
     /// Recovers entries pending longer than `lease` in group `group`, up to `limit` per priority:
     /// each goes back to its stream with its attempt counted, or to the dead-letter stream with
-    /// the reason `stalled` when its attempts are exhausted.
+    /// the reason `stalled` when its attempts are exhausted. Idle times are measured by Redis;
+    /// `now` ([`Clock::Redis`] in production, or an injected time in Unix ms) stamps the dead
+    /// letters.
     pub async fn reclaim_stalled(
         &self,
         group: &str,
         lease: Duration,
         limit: usize,
-        now_ms: u64,
+        now: impl Into<Clock>,
     ) -> Result<Reclaimed> {
+        let now = now.into();
         let mut total = Reclaimed::default();
         for p in Priority::ALL {
             let keys = vec![self.keys.stream(p).to_owned(), self.keys.dead()];
@@ -74,7 +78,7 @@ impl Queue {
                 group.into(),
                 (lease.as_millis() as i64).into(),
                 (limit.max(1) as i64).into(),
-                (now_ms as i64).into(),
+                now.arg(),
                 (DEAD_LETTER_CAP_DEFAULT as i64).into(),
                 p.as_str().into(),
             ];

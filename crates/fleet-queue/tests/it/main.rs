@@ -6,6 +6,7 @@ mod support;
 #[cfg(feature = "apalis")]
 mod apalis;
 mod batch;
+mod clock;
 mod consume;
 mod enqueue;
 mod maintenance;
