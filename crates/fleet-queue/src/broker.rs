@@ -28,6 +28,7 @@ pub(crate) struct Scripts {
     pub(crate) promote: Script,
     pub(crate) reclaim: Script,
     pub(crate) replay: Script,
+    pub(crate) remove_idle_consumers: Script,
 }
 
 impl Scripts {
@@ -39,10 +40,13 @@ impl Scripts {
             promote: Script::from_lua(include_str!("../lua/promote.lua")),
             reclaim: Script::from_lua(include_str!("../lua/reclaim.lua")),
             replay: Script::from_lua(include_str!("../lua/replay.lua")),
+            remove_idle_consumers: Script::from_lua(include_str!(
+                "../lua/remove_idle_consumers.lua"
+            )),
         }
     }
 
-    fn all(&self) -> [&Script; 6] {
+    fn all(&self) -> [&Script; 7] {
         [
             &self.enqueue_batch,
             &self.retry,
@@ -50,6 +54,7 @@ impl Scripts {
             &self.promote,
             &self.reclaim,
             &self.replay,
+            &self.remove_idle_consumers,
         ]
     }
 }

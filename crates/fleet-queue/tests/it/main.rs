@@ -8,6 +8,7 @@ mod apalis;
 mod batch;
 mod clock;
 mod consume;
+mod consumers;
 mod enqueue;
 mod maintenance;
 mod replay;
