@@ -11,4 +11,5 @@ mod consume;
 mod consumers;
 mod enqueue;
 mod maintenance;
+mod model;
 mod replay;
