@@ -22,6 +22,7 @@ pub const COMMAND_BUFFER_LIMIT: usize = 100_000;
 /// The Lua scripts of the queue core, compiled into the binary and loaded once per connection.
 #[derive(Debug)]
 pub(crate) struct Scripts {
+    pub(crate) enqueue_one: Script,
     pub(crate) enqueue_batch: Script,
     pub(crate) retry: Script,
     pub(crate) dead_letter: Script,
@@ -34,6 +35,7 @@ pub(crate) struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Scripts {
+            enqueue_one: Script::from_lua(include_str!("../lua/enqueue_one.lua")),
             enqueue_batch: Script::from_lua(include_str!("../lua/enqueue_batch.lua")),
             retry: Script::from_lua(include_str!("../lua/retry.lua")),
             dead_letter: Script::from_lua(include_str!("../lua/dead_letter.lua")),
@@ -46,8 +48,9 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 7] {
+    fn all(&self) -> [&Script; 8] {
         [
+            &self.enqueue_one,
             &self.enqueue_batch,
             &self.retry,
             &self.dead_letter,

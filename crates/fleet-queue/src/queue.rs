@@ -158,8 +158,8 @@ impl Queue {
     }
 
     /// Enqueues one job. Concurrent calls share the connection and are pipelined by the client.
-    /// A job with neither an idempotency key nor a delay is one `XADD`; any other goes through
-    /// the batch script, as a batch of one.
+    /// A job with neither an idempotency key nor a delay is one `XADD`; any other is one call of
+    /// `lua/enqueue_one.lua`, all or nothing like a batch.
     pub async fn enqueue<T: Serialize>(
         &self,
         payload: &T,
@@ -175,11 +175,51 @@ impl Queue {
                 duplicate: false,
             }
         } else {
-            let mut out = self.append_batch(std::slice::from_ref(&p)).await?;
-            out.pop().ok_or_else(|| Error::protocol("enqueue reply"))?
+            self.append_one(&p).await?
         };
         self.record_metrics(&p, &e);
         Ok(e)
+    }
+
+    /// One call of `lua/enqueue_one.lua`, for a job with an idempotency key or a delay.
+    async fn append_one(&self, p: &Prepared) -> Result<Enqueued> {
+        let mut keys = vec![match p.delay_ms {
+            Some(_) => self.keys.delayed(),
+            None => self.keys.stream(p.priority).to_owned(),
+        }];
+        let mut ttl_ms = 0;
+        if let Some((key, ttl)) = &p.idempotency {
+            keys.push(self.keys.idempotency(key));
+            ttl_ms = ttl.as_millis().max(1) as i64;
+        }
+        let mut args: Vec<Value> = vec![
+            p.job.job_id.as_str().into(),
+            ttl_ms.into(),
+            (p.delay_ms.unwrap_or(0) as i64).into(),
+            self.clock.arg(),
+            match p.delay_ms {
+                Some(_) => p.job.delayed_member(p.priority),
+                None => "".into(),
+            },
+        ];
+        if p.delay_ms.is_none() {
+            args.extend(p.job.fields());
+        }
+        let reply = self
+            .broker
+            .eval(&self.broker.scripts.enqueue_one, keys, args)
+            .await?;
+        match reply {
+            Value::Array(parts) if parts.len() == 2 => {
+                let appended = parts[0].as_i64() == Some(1);
+                let id = text_of(&parts[1]).ok_or_else(|| Error::protocol("enqueue reply"))?;
+                Ok(Enqueued {
+                    job_id: JobId(id),
+                    duplicate: !appended,
+                })
+            }
+            other => Err(Error::protocol(format!("enqueue reply {other:?}"))),
+        }
     }
 
     /// Enqueues a batch of jobs in one round trip and one script call, all or nothing: when the

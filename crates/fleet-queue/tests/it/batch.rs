@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use fleet_core::{EnqueueOptions, Priority};
-use fred::prelude::*;
+use fred::{prelude::*, types::Value};
 
 use crate::support::{TestQueue, raw_client};
 
@@ -82,5 +82,45 @@ async fn a_batch_with_an_unusable_idempotency_key_leaves_nothing() {
         (0, 0),
         "nothing of the failed batch remains"
     );
+    let _: () = raw.quit().await.unwrap();
+}
+
+/// The script's last line of defence, which the library's own calls never reach: a job whose
+/// arguments do not parse, after jobs that were appended, delayed and claimed keys, undoes them.
+#[tokio::test]
+async fn a_batch_script_failing_after_its_first_writes_undoes_them() {
+    let t = TestQueue::new().await;
+    let raw = raw_client().await;
+    let keys = t.queue.keys().clone();
+    let mut script_keys: Vec<String> = keys.streams().to_vec();
+    script_keys.push(keys.delayed());
+    script_keys.push(keys.idempotency("k1"));
+    script_keys.push(keys.idempotency("k2"));
+    let job = |idx: &str, delay: &str, key_at: &str, id: &str| -> Vec<String> {
+        let header = format!("1|{id}|0|1|1000:60000|1700000000000");
+        [idx, delay, key_at, "60000", id, &header, "payload"]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let mut args = vec!["3".to_owned(), "".to_owned()];
+    args.extend(job("1", "0", "5", "a"));
+    args.extend(job("2", "5000", "6", "b"));
+    args.extend(job("9", "0", "0", "c"));
+    let r: Result<Value, _> = raw
+        .eval(
+            include_str!("../../lua/enqueue_batch.lua"),
+            script_keys,
+            args,
+        )
+        .await;
+    let err = r.unwrap_err();
+    assert!(err.to_string().contains("undone"), "{err}");
+    let high: u64 = raw.xlen(keys.stream(Priority::High)).await.unwrap();
+    let delayed: u64 = raw.zcard(keys.delayed()).await.unwrap();
+    let claimed: u64 = raw
+        .exists(vec![keys.idempotency("k1"), keys.idempotency("k2")])
+        .await
+        .unwrap();
+    assert_eq!((high, delayed, claimed), (0, 0, 0));
     let _: () = raw.quit().await.unwrap();
 }
