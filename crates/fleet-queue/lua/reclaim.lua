@@ -4,8 +4,15 @@
 -- dead-letter stream with the reason "stalled".
 -- KEYS[1] = the stream, KEYS[2] = the dead-letter stream
 -- ARGV[1] = group, ARGV[2] = lease (min idle) in ms, ARGV[3] = most entries to handle,
--- ARGV[4] = now in ms, ARGV[5] = dead-letter stream cap, ARGV[6] = priority name
+-- ARGV[4] = now in ms (the time dead letters are stamped with), or '' to use the Redis server's
+-- clock, ARGV[5] = dead-letter stream cap, ARGV[6] = priority name
+-- (Idle times are measured by Redis whatever the clock: XPENDING's IDLE.)
 -- Returns {requeued, dead_lettered, gone} (gone: pending ids whose entry was already trimmed).
+local now = ARGV[4]
+if now == '' then
+  local t = redis.call('TIME')
+  now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[2], '-', '+', ARGV[3])
 local requeued, dead, gone = 0, 0, 0
 for _, p in ipairs(pending) do
@@ -29,7 +36,7 @@ for _, p in ipairs(pending) do
       -- Not a valid job: straight to the dead-letter stream, the consumer would do the same.
       redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'reason', 'poison',
         'error', 'stalled entry without a valid header', 'orig', id, 'prio', ARGV[6],
-        'died', ARGV[4], unpack(f))
+        'died', now, unpack(f))
       dead = dead + 1
     else
       a = tonumber(a) + 1
@@ -37,7 +44,7 @@ for _, p in ipairs(pending) do
       if a >= tonumber(max) then
         redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'reason', 'stalled',
           'error', 'lease expired ' .. p[4] .. ' time(s) without acknowledgement',
-          'orig', id, 'prio', ARGV[6], 'died', ARGV[4], unpack(f))
+          'orig', id, 'prio', ARGV[6], 'died', now, unpack(f))
         dead = dead + 1
       else
         redis.call('XADD', KEYS[1], '*', unpack(f))

@@ -22,7 +22,7 @@ pub const COMMAND_BUFFER_LIMIT: usize = 100_000;
 /// The Lua scripts of the queue core, compiled into the binary and loaded once per connection.
 #[derive(Debug)]
 pub(crate) struct Scripts {
-    pub(crate) enqueue_idempotent: Script,
+    pub(crate) enqueue_one: Script,
     pub(crate) enqueue_batch: Script,
     pub(crate) retry: Script,
     pub(crate) dead_letter: Script,
@@ -30,12 +30,13 @@ pub(crate) struct Scripts {
     pub(crate) reclaim: Script,
     pub(crate) replay: Script,
     pub(crate) fence: Script,
+    pub(crate) remove_idle_consumers: Script,
 }
 
 impl Scripts {
     fn new() -> Self {
         Scripts {
-            enqueue_idempotent: Script::from_lua(include_str!("../lua/enqueue_idempotent.lua")),
+            enqueue_one: Script::from_lua(include_str!("../lua/enqueue_one.lua")),
             enqueue_batch: Script::from_lua(include_str!("../lua/enqueue_batch.lua")),
             retry: Script::from_lua(include_str!("../lua/retry.lua")),
             dead_letter: Script::from_lua(include_str!("../lua/dead_letter.lua")),
@@ -43,12 +44,15 @@ impl Scripts {
             reclaim: Script::from_lua(include_str!("../lua/reclaim.lua")),
             replay: Script::from_lua(include_str!("../lua/replay.lua")),
             fence: Script::from_lua(include_str!("../lua/fence.lua")),
+            remove_idle_consumers: Script::from_lua(include_str!(
+                "../lua/remove_idle_consumers.lua"
+            )),
         }
     }
 
-    fn all(&self) -> [&Script; 8] {
+    fn all(&self) -> [&Script; 9] {
         [
-            &self.enqueue_idempotent,
+            &self.enqueue_one,
             &self.enqueue_batch,
             &self.retry,
             &self.dead_letter,
@@ -56,6 +60,7 @@ impl Scripts {
             &self.reclaim,
             &self.replay,
             &self.fence,
+            &self.remove_idle_consumers,
         ]
     }
 }

@@ -5,7 +5,7 @@ use fred::{cmd, prelude::*, types::Value};
 use serde::Serialize;
 
 use crate::{
-    Queue, Result,
+    Error, Queue, Result,
     entry::{StoredJob, id_millis, parse_entries},
 };
 
@@ -62,6 +62,26 @@ impl DeadEntry {
 /// Most dead entries one replay script call moves, so a large replay never blocks Redis long.
 pub const REPLAY_CHUNK: usize = 200;
 
+/// Refuses an id that does not name exactly one dead entry: a dead entry is addressed by its full
+/// stream id `<ms>-<seq>`, as `dead_list` shows it. An incomplete id (`<ms>`) could name several
+/// entries of one millisecond, and Redis reads it differently in a range (the whole millisecond)
+/// and in a deletion (`<ms>-0`), so it is an error rather than a guess.
+fn full_id(id: &str) -> Result<&str> {
+    let exact = id.split_once('-').is_some_and(|(ms, seq)| {
+        !ms.is_empty()
+            && !seq.is_empty()
+            && ms.bytes().all(|b| b.is_ascii_digit())
+            && seq.bytes().all(|b| b.is_ascii_digit())
+    });
+    if exact {
+        Ok(id)
+    } else {
+        Err(Error::Invalid(format!(
+            "dead entry id {id:?} is not a full stream id <ms>-<seq> (as `fleetctl dlq list` shows it)"
+        )))
+    }
+}
+
 impl Queue {
     /// Dead entries, newest first, at most `limit`, starting before `before` (an id, exclusive)
     /// for pagination.
@@ -87,8 +107,9 @@ impl Queue {
             .collect())
     }
 
-    /// One dead entry.
+    /// One dead entry, by its full id (`<ms>-<seq>`; an incomplete id is [`Error::Invalid`]).
     pub async fn dead_get(&self, id: &str) -> Result<Option<DeadEntry>> {
+        let id = full_id(id)?;
         let reply: Value = self
             .broker
             .client()
@@ -124,9 +145,15 @@ impl Queue {
             .collect())
     }
 
-    /// Moves the given dead entries back onto their streams with attempts reset; returns how many
-    /// were found and moved. Works in chunks of [`REPLAY_CHUNK`].
+    /// Moves the given dead entries back onto their streams with attempts reset, each deleted
+    /// from the dead-letter stream in the same script, so it is replayed at most once; returns
+    /// how many were found and moved. Ids are full stream ids (`<ms>-<seq>`): an incomplete one
+    /// makes the call fail with [`Error::Invalid`] before anything moves. Works in chunks of
+    /// [`REPLAY_CHUNK`].
     pub async fn dead_replay(&self, ids: &[String]) -> Result<u64> {
+        for id in ids {
+            full_id(id)?;
+        }
         let mut keys: Vec<String> = self.keys.streams().to_vec();
         keys.push(self.keys.dead());
         let mut moved = 0;
@@ -169,5 +196,27 @@ impl Queue {
             }
         };
         Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_full_ids_name_a_dead_entry() {
+        assert_eq!(full_id("1700000000000-3").unwrap(), "1700000000000-3");
+        for bad in [
+            "1700000000000",
+            "1700000000000-",
+            "-3",
+            "1-x",
+            "+",
+            "-",
+            "",
+            "1-2-3",
+        ] {
+            assert!(matches!(full_id(bad), Err(Error::Invalid(_))), "{bad:?}");
+        }
     }
 }

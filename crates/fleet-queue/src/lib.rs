@@ -30,4 +30,4 @@ pub use inspect::{ConsumerInfo, GroupStats, PeekedJob, PriorityStats, QueueStats
 pub use lease::{HEARTBEAT_CHUNK, LEASE_DEFAULT};
 pub use maintenance::{Reclaimed, Retention};
 pub use metrics_doc::describe_metrics;
-pub use queue::{BATCH_LIMIT, Enqueued, Queue, now_ms};
+pub use queue::{BATCH_LIMIT, Clock, Enqueued, Queue, now_ms};

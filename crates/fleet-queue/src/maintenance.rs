@@ -7,7 +7,7 @@ use fleet_core::Priority;
 use fred::{cmd, prelude::*, types::Value};
 
 use crate::{
-    Queue, Result,
+    Clock, Queue, Result,
     consumer::DEAD_LETTER_CAP_DEFAULT,
     entry::{cmp_ids, next_id, parse_entries, text_of},
 };
@@ -33,13 +33,14 @@ pub struct Retention {
 }
 
 impl Queue {
-    /// Moves up to `limit` delayed entries due at `now_ms` onto their streams, atomically (one
+    /// Moves up to `limit` delayed entries due at `now` onto their streams, atomically (one
     /// script call); returns how many moved. Two schedulers running it at once move each entry
-    /// once: the move is one script, and scripts run one at a time.
-    pub async fn promote_due(&self, now_ms: u64, limit: usize) -> Result<u64> {
+    /// once: the move is one script, and scripts run one at a time. `now` is [`Clock::Redis`]
+    /// in production (the clock delayed enqueues use), or an injected time in Unix ms.
+    pub async fn promote_due(&self, now: impl Into<Clock>, limit: usize) -> Result<u64> {
         let mut keys: Vec<String> = self.keys.streams().to_vec();
         keys.push(self.keys.delayed());
-        let args: Vec<Value> = vec![(now_ms as i64).into(), (limit.max(1) as i64).into()];
+        let args: Vec<Value> = vec![now.into().arg(), (limit.max(1) as i64).into()];
         let reply = self
             .broker
             .eval(&self.broker.scripts.promote, keys, args)
@@ -59,14 +60,17 @@ impl Queue {
 
     /// Recovers entries pending longer than `lease` in group `group`, up to `limit` per priority:
     /// each goes back to its stream with its attempt counted, or to the dead-letter stream with
-    /// the reason `stalled` when its attempts are exhausted.
+    /// the reason `stalled` when its attempts are exhausted. Idle times are measured by Redis;
+    /// `now` ([`Clock::Redis`] in production, or an injected time in Unix ms) stamps the dead
+    /// letters.
     pub async fn reclaim_stalled(
         &self,
         group: &str,
         lease: Duration,
         limit: usize,
-        now_ms: u64,
+        now: impl Into<Clock>,
     ) -> Result<Reclaimed> {
+        let now = now.into();
         let mut total = Reclaimed::default();
         for p in Priority::ALL {
             let keys = vec![self.keys.stream(p).to_owned(), self.keys.dead()];
@@ -74,7 +78,7 @@ impl Queue {
                 group.into(),
                 (lease.as_millis() as i64).into(),
                 (limit.max(1) as i64).into(),
-                (now_ms as i64).into(),
+                now.arg(),
                 (DEAD_LETTER_CAP_DEFAULT as i64).into(),
                 p.as_str().into(),
             ];
@@ -238,41 +242,38 @@ impl Queue {
         Ok(n as u64)
     }
 
-    /// Deletes consumers idle longer than `idle` that hold nothing pending (a consumer holding
-    /// entries is left for stalled recovery, since deleting it would drop its pending entries).
-    /// Returns the names removed.
+    /// Deletes consumers idle longer than `idle` that hold nothing pending, atomically over the
+    /// queue's streams (one script): a consumer holding entries is left for stalled recovery,
+    /// since deleting it would drop them, and no read can land between the check and the
+    /// delete. A consumer is one name across the three streams; it goes only when it holds
+    /// nothing on any and has been idle on all. Returns the names removed.
     pub async fn remove_idle_consumers(&self, idle: Duration) -> Result<Vec<String>> {
-        let consumers = self.consumers().await?;
-        // A consumer is one name across the three streams: it goes only when it holds nothing
-        // on any of them and has been idle on all of them.
-        let mut by_name: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
-        for c in &consumers {
-            let e = by_name.entry(c.name.as_str()).or_insert((0, u64::MAX));
-            e.0 += c.pending;
-            e.1 = e.1.min(c.idle_ms);
+        let keys: Vec<String> = self.keys.streams().to_vec();
+        let args: Vec<Value> = vec![(idle.as_millis() as i64).into()];
+        let reply = self
+            .broker
+            .eval(&self.broker.scripts.remove_idle_consumers, keys, args)
+            .await?;
+        let Value::Array(parts) = reply else {
+            return Err(crate::Error::protocol(format!(
+                "remove_idle_consumers reply {reply:?}"
+            )));
+        };
+        let dropped = parts.first().and_then(Value::as_i64).unwrap_or(0);
+        if dropped != 0 {
+            // The script checks that a consumer holds nothing before deleting it, in the same
+            // atomic step, so this is a bug in the script, not a race: say so loudly.
+            tracing::error!(
+                queue = %self.name,
+                dropped,
+                "deleting idle consumers dropped pending entries; they will not be delivered again"
+            );
+            metrics::counter!("fleet_queue_consumer_entries_dropped_total",
+                "queue" => self.name.to_string())
+            .increment(dropped as u64);
         }
-        let groups = self.priority_stats().await?;
-        let mut removed = Vec::new();
-        for (name, (pending, idle_ms)) in by_name {
-            if pending > 0 || idle_ms < idle.as_millis() as u64 {
-                continue;
-            }
-            for p in Priority::ALL {
-                for g in &groups[p.index()].groups {
-                    let _: i64 = self
-                        .broker
-                        .client()
-                        .custom(
-                            cmd!("XGROUP", hash: fred::types::ClusterHash::Offset(1)),
-                            vec!["DELCONSUMER", self.keys.stream(p), g.name.as_str(), name],
-                        )
-                        .await?;
-                }
-            }
-            removed.push(name.to_owned());
-        }
+        let mut removed: Vec<String> = parts.iter().skip(1).filter_map(text_of).collect();
         removed.sort();
-        removed.dedup();
         Ok(removed)
     }
 }

@@ -64,6 +64,11 @@ pub fn describe_metrics() {
         Unit::Count,
         "Dead letters moved back onto their queue."
     );
+    describe_counter!(
+        "fleet_queue_consumer_entries_dropped_total",
+        Unit::Count,
+        "Pending entries dropped by deleting an idle consumer: always 0 unless the removal script is wrong."
+    );
     describe_histogram!(
         "fleet_queue_batch_entries",
         Unit::Count,

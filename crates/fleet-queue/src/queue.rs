@@ -6,11 +6,7 @@ use std::{
 };
 
 use fleet_core::{EnqueueOptions, JobId, Priority, wire};
-use fred::{
-    cmd,
-    prelude::*,
-    types::{CustomCommand, Value},
-};
+use fred::{cmd, prelude::*, types::Value};
 use serde::Serialize;
 
 use crate::{
@@ -34,6 +30,8 @@ pub struct Queue {
     pub(crate) broker: Broker,
     pub(crate) name: Arc<str>,
     pub(crate) keys: Arc<QueueKeys>,
+    /// The clock of due times computed for this handle (see [`Queue::with_clock`]).
+    pub(crate) clock: Clock,
 }
 
 /// The current time in Unix milliseconds.
@@ -43,8 +41,38 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn xadd() -> CustomCommand {
-    cmd!("XADD")
+/// Whose clock a due time or a "now" is read from.
+///
+/// Every process's clock drifts a little from the others', so due times computed by each process
+/// disagree, and a job scheduled by one process may be promoted early or late by another. The
+/// default is the Redis server's clock, read inside the script that needs it (`TIME`; since
+/// Redis 5 scripts replicate by their effects, so a replica or the AOF stores the result, never
+/// a second reading). Tests and callers replaying a schedule inject a time instead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Clock {
+    /// The Redis server's clock: one clock for every process.
+    #[default]
+    Redis,
+    /// This time, in Unix ms.
+    At(u64),
+}
+
+impl From<u64> for Clock {
+    /// An injected time, in Unix ms.
+    fn from(ms: u64) -> Clock {
+        Clock::At(ms)
+    }
+}
+
+impl Clock {
+    /// The script argument: the time in ms, or empty for the server's clock (the convention of
+    /// every script that reads a clock).
+    pub(crate) fn arg(self) -> Value {
+        match self {
+            Clock::Redis => "".into(),
+            Clock::At(ms) => (ms as i64).into(),
+        }
+    }
 }
 
 /// Most jobs one batch script call appends; larger batches are split, so that one call never
@@ -55,7 +83,8 @@ pub const BATCH_LIMIT: usize = 1_000;
 struct Prepared {
     job: StoredJob,
     priority: Priority,
-    due_ms: Option<u64>,
+    /// How long the job waits in the delayed set; `None` appends it to its stream now.
+    delay_ms: Option<u64>,
     idempotency: Option<(String, Duration)>,
 }
 
@@ -66,6 +95,16 @@ impl Queue {
             broker,
             name: name.into(),
             keys: Arc::new(keys),
+            clock: Clock::Redis,
+        }
+    }
+
+    /// The same queue, with the due times of its delayed enqueues computed from `clock` (the
+    /// default is [`Clock::Redis`]; tests inject a time).
+    pub fn with_clock(&self, clock: Clock) -> Queue {
+        Queue {
+            clock,
+            ..self.clone()
         }
     }
 
@@ -91,10 +130,10 @@ impl Queue {
             enqueued_at_ms: now,
             payload: wire::encode(payload)?.into(),
         };
-        let due_ms = opts
+        let delay_ms = opts
             .delay
             .filter(|d| !d.is_zero())
-            .map(|d| now + d.as_millis() as u64);
+            .map(|d| (d.as_millis() as u64).max(1));
         let idempotency = opts
             .idempotency_key
             .clone()
@@ -102,75 +141,9 @@ impl Queue {
         Ok(Prepared {
             job,
             priority: opts.priority,
-            due_ms,
+            delay_ms,
             idempotency,
         })
-    }
-
-    /// The command that writes a prepared job: a plain `XADD` (or `ZADD` when delayed), or the
-    /// idempotent-enqueue script when the job has an idempotency key.
-    fn command(&self, p: &Prepared) -> (Option<Vec<String>>, CustomCommand, Vec<Value>) {
-        let stream = self.keys.stream(p.priority).to_owned();
-        match (&p.idempotency, p.due_ms) {
-            (None, None) => {
-                let mut args: Vec<Value> = vec![stream.into(), "*".into()];
-                args.extend(p.job.fields());
-                (None, xadd(), args)
-            }
-            (None, Some(due)) => {
-                let args = vec![
-                    self.keys.delayed().into(),
-                    (due as i64).into(),
-                    p.job.delayed_member(p.priority),
-                ];
-                (None, cmd!("ZADD"), args)
-            }
-            (Some((key, ttl)), due) => {
-                let target = if due.is_some() {
-                    self.keys.delayed()
-                } else {
-                    stream
-                };
-                let mut args: Vec<Value> = vec![
-                    p.job.job_id.as_str().into(),
-                    (ttl.as_millis().max(1) as i64).into(),
-                    (due.unwrap_or(0) as i64).into(),
-                    if due.is_some() {
-                        p.job.delayed_member(p.priority)
-                    } else {
-                        "".into()
-                    },
-                ];
-                if due.is_none() {
-                    args.extend(p.job.fields());
-                }
-                (
-                    Some(vec![self.keys.idempotency(key), target]),
-                    cmd!("EVALSHA"),
-                    args,
-                )
-            }
-        }
-    }
-
-    fn outcome(p: &Prepared, reply: &Value) -> Result<Enqueued> {
-        if p.idempotency.is_none() {
-            return Ok(Enqueued {
-                job_id: p.job.job_id.clone(),
-                duplicate: false,
-            });
-        }
-        match reply {
-            Value::Array(parts) if parts.len() == 2 => {
-                let appended = parts[0].as_i64() == Some(1);
-                let id = text_of(&parts[1]).ok_or_else(|| Error::protocol("enqueue reply"))?;
-                Ok(Enqueued {
-                    job_id: JobId(id),
-                    duplicate: !appended,
-                })
-            }
-            other => Err(Error::protocol(format!("enqueue reply {other:?}"))),
-        }
     }
 
     fn record_metrics(&self, p: &Prepared, e: &Enqueued) {
@@ -185,101 +158,158 @@ impl Queue {
     }
 
     /// Enqueues one job. Concurrent calls share the connection and are pipelined by the client.
+    /// A job with neither an idempotency key nor a delay is one `XADD`; any other is one call of
+    /// `lua/enqueue_one.lua`, all or nothing like a batch.
     pub async fn enqueue<T: Serialize>(
         &self,
         payload: &T,
         opts: &EnqueueOptions,
     ) -> Result<Enqueued> {
         let p = Self::prepare(payload, opts, now_ms())?;
-        let client = self.broker.client();
-        let reply: Value = match self.command(&p) {
-            (None, cmd, args) => client.custom(cmd, args).await?,
-            (Some(keys), _, args) => {
-                self.broker
-                    .eval(&self.broker.scripts.enqueue_idempotent, keys, args)
-                    .await?
+        let e = if p.idempotency.is_none() && p.delay_ms.is_none() {
+            let mut args: Vec<Value> = vec![self.keys.stream(p.priority).into(), "*".into()];
+            args.extend(p.job.fields());
+            let _: Value = self.broker.client().custom(cmd!("XADD"), args).await?;
+            Enqueued {
+                job_id: p.job.job_id.clone(),
+                duplicate: false,
             }
+        } else {
+            self.append_one(&p).await?
         };
-        let e = Self::outcome(&p, &reply)?;
         self.record_metrics(&p, &e);
         Ok(e)
     }
 
-    /// Enqueues a batch of jobs atomically, in one round trip and one script call. Each job's
-    /// idempotency key is checked atomically with its append (a key repeated inside the batch
-    /// appends once). Batches above [`BATCH_LIMIT`] are sent in several calls.
+    /// One call of `lua/enqueue_one.lua`, for a job with an idempotency key or a delay.
+    async fn append_one(&self, p: &Prepared) -> Result<Enqueued> {
+        let mut keys = vec![match p.delay_ms {
+            Some(_) => self.keys.delayed(),
+            None => self.keys.stream(p.priority).to_owned(),
+        }];
+        let mut ttl_ms = 0;
+        if let Some((key, ttl)) = &p.idempotency {
+            keys.push(self.keys.idempotency(key));
+            ttl_ms = ttl.as_millis().max(1) as i64;
+        }
+        let mut args: Vec<Value> = vec![
+            p.job.job_id.as_str().into(),
+            ttl_ms.into(),
+            (p.delay_ms.unwrap_or(0) as i64).into(),
+            self.clock.arg(),
+            match p.delay_ms {
+                Some(_) => p.job.delayed_member(p.priority),
+                None => "".into(),
+            },
+        ];
+        if p.delay_ms.is_none() {
+            args.extend(p.job.fields());
+        }
+        let reply = self
+            .broker
+            .eval(&self.broker.scripts.enqueue_one, keys, args)
+            .await?;
+        match reply {
+            Value::Array(parts) if parts.len() == 2 => {
+                let appended = parts[0].as_i64() == Some(1);
+                let id = text_of(&parts[1]).ok_or_else(|| Error::protocol("enqueue reply"))?;
+                Ok(Enqueued {
+                    job_id: JobId(id),
+                    duplicate: !appended,
+                })
+            }
+            other => Err(Error::protocol(format!("enqueue reply {other:?}"))),
+        }
+    }
+
+    /// Enqueues a batch of jobs in one round trip and one script call, all or nothing: when the
+    /// call fails, no job of the batch was appended and no idempotency key claimed, so the
+    /// caller may retry the whole batch (with idempotency keys when an error leaves it unsure
+    /// whether the call ran, as a timeout does). Each job's idempotency key is checked atomically
+    /// with its append (a key repeated inside the batch appends once). Every job is encoded
+    /// before anything is written; a batch above [`BATCH_LIMIT`] is sent in several calls, each
+    /// all or nothing, so a failure there leaves the calls before it appended.
     pub async fn enqueue_batch<T: Serialize>(
         &self,
         jobs: &[(T, EnqueueOptions)],
     ) -> Result<Vec<Enqueued>> {
         let now = now_ms();
+        let prepared = jobs
+            .iter()
+            .map(|(t, o)| Self::prepare(t, o, now))
+            .collect::<Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(BATCH_LIMIT) {
-            let prepared = chunk
-                .iter()
-                .map(|(t, o)| Self::prepare(t, o, now))
-                .collect::<Result<Vec<_>>>()?;
-            let mut keys: Vec<String> = self.keys.streams().to_vec();
-            keys.push(self.keys.delayed());
-            let mut args: Vec<Value> = Vec::with_capacity(1 + prepared.len() * 7);
-            args.push((prepared.len() as i64).into());
-            for p in &prepared {
-                let key_at = match &p.idempotency {
-                    Some((key, _)) => {
-                        keys.push(self.keys.idempotency(key));
-                        keys.len() as i64
-                    }
-                    None => 0,
-                };
-                let ttl = p
-                    .idempotency
-                    .as_ref()
-                    .map_or(0, |(_, ttl)| ttl.as_millis().max(1) as i64);
-                args.extend([
-                    (p.priority.index() as i64 + 1).into(),
-                    (p.due_ms.unwrap_or(0) as i64).into(),
-                    key_at.into(),
-                    ttl.into(),
-                    p.job.job_id.as_str().into(),
-                    p.job.header().into(),
-                    Value::Bytes(p.job.payload.clone()),
-                ]);
+        for chunk in prepared.chunks(BATCH_LIMIT) {
+            let done = self.append_batch(chunk).await?;
+            for (p, e) in chunk.iter().zip(&done) {
+                self.record_metrics(p, e);
             }
-            let reply = self
-                .broker
-                .eval(&self.broker.scripts.enqueue_batch, keys, args)
-                .await?;
-            let mut first_ids: std::collections::HashMap<usize, String> = Default::default();
-            match reply {
-                Value::Array(flat) => {
-                    for pair in flat.chunks(2) {
-                        let (Some(pos), Some(id)) =
-                            (pair[0].as_i64(), pair.get(1).and_then(text_of))
-                        else {
-                            return Err(Error::protocol("enqueue_batch duplicate entry"));
-                        };
-                        first_ids.insert(pos as usize - 1, id);
-                    }
-                }
-                Value::Null => {}
-                other => return Err(Error::protocol(format!("enqueue_batch reply {other:?}"))),
-            }
-            for (i, p) in prepared.into_iter().enumerate() {
-                let e = match first_ids.remove(&i) {
-                    Some(first) => Enqueued {
-                        job_id: JobId(first),
-                        duplicate: true,
-                    },
-                    None => Enqueued {
-                        job_id: p.job.job_id.clone(),
-                        duplicate: false,
-                    },
-                };
-                self.record_metrics(&p, &e);
-                out.push(e);
-            }
+            out.extend(done);
         }
         Ok(out)
+    }
+
+    /// One call of the batch script (`lua/enqueue_batch.lua`) for at most [`BATCH_LIMIT`] jobs.
+    async fn append_batch(&self, prepared: &[Prepared]) -> Result<Vec<Enqueued>> {
+        let mut keys: Vec<String> = self.keys.streams().to_vec();
+        keys.push(self.keys.delayed());
+        let mut args: Vec<Value> = Vec::with_capacity(2 + prepared.len() * 7);
+        args.push((prepared.len() as i64).into());
+        args.push(self.clock.arg());
+        for p in prepared {
+            let key_at = match &p.idempotency {
+                Some((key, _)) => {
+                    keys.push(self.keys.idempotency(key));
+                    keys.len() as i64
+                }
+                None => 0,
+            };
+            let ttl = p
+                .idempotency
+                .as_ref()
+                .map_or(0, |(_, ttl)| ttl.as_millis().max(1) as i64);
+            args.extend([
+                (p.priority.index() as i64 + 1).into(),
+                (p.delay_ms.unwrap_or(0) as i64).into(),
+                key_at.into(),
+                ttl.into(),
+                p.job.job_id.as_str().into(),
+                p.job.header().into(),
+                Value::Bytes(p.job.payload.clone()),
+            ]);
+        }
+        let reply = self
+            .broker
+            .eval(&self.broker.scripts.enqueue_batch, keys, args)
+            .await?;
+        let mut first_ids: std::collections::HashMap<usize, String> = Default::default();
+        match reply {
+            Value::Array(flat) => {
+                for pair in flat.chunks(2) {
+                    let (Some(pos), Some(id)) = (pair[0].as_i64(), pair.get(1).and_then(text_of))
+                    else {
+                        return Err(Error::protocol("enqueue_batch duplicate entry"));
+                    };
+                    first_ids.insert(pos as usize - 1, id);
+                }
+            }
+            Value::Null => {}
+            other => return Err(Error::protocol(format!("enqueue_batch reply {other:?}"))),
+        }
+        Ok(prepared
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match first_ids.remove(&i) {
+                Some(first) => Enqueued {
+                    job_id: JobId(first),
+                    duplicate: true,
+                },
+                None => Enqueued {
+                    job_id: p.job.job_id.clone(),
+                    duplicate: false,
+                },
+            })
+            .collect())
     }
 
     /// Entries waiting to be delivered, all priorities together (the consumer group's lag, or the

@@ -1,7 +1,8 @@
 //! Idle-consumer cleanup: every replica that ever read a queue leaves a consumer in its group;
 //! those idle past a threshold and holding nothing pending are deleted, so `XINFO`, `fleetctl`
 //! and the consumer gauge show the fleet as it is. A consumer holding entries is left alone:
-//! deleting it would drop its pending entries, which stalled recovery must hand to another.
+//! deleting it would drop its pending entries, which stalled recovery must hand to another. The
+//! check and the delete are one script in `fleet-queue`, so a read cannot slip in between.
 
 use std::time::Duration;
 

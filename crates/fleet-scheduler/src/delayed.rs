@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use fleet_queue::{Queue, Result};
+use fleet_queue::{Clock, Queue, Result};
 use fleet_runtime::Shutdown;
 use serde::Deserialize;
 
@@ -75,17 +75,20 @@ impl Delayed {
         }
     }
 
-    /// Promotes the entries due at `now_ms` in every queue, a batch at a time while batches come
-    /// back full, up to the per-run limit (batches shrink while Redis times out). Several schedulers running this at once promote each
-    /// entry once: each batch is one script, and scripts run one at a time.
-    pub async fn run_once(&self, now_ms: u64) -> Result<Outcome> {
+    /// Promotes the entries due at `now` in every queue, a batch at a time while batches come
+    /// back full, up to the per-run limit (batches shrink while Redis times out). Several
+    /// schedulers running this at once promote each entry once: each batch is one script, and
+    /// scripts run one at a time. The task's loop passes [`Clock::Redis`], the clock delayed
+    /// enqueues and retries are scheduled by; tests pass a time in Unix ms.
+    pub async fn run_once(&self, now: impl Into<Clock>) -> Result<Outcome> {
+        let now = now.into();
         let mut out = Outcome::default();
         for q in &self.queues {
             let mut promoted = 0u64;
             let mut batches = 0u32;
             loop {
                 let size = self.batch.get();
-                let r = q.promote_due(now_ms, size).await;
+                let r = q.promote_due(now, size).await;
                 self.batch.observe(&r);
                 let n = r?;
                 promoted += n;
@@ -122,7 +125,9 @@ impl task::Task for Delayed {
         self.config.interval
     }
 
-    async fn tick(&self, now_ms: u64) -> Result<Outcome> {
-        self.run_once(now_ms).await
+    /// Due times are read from Redis's clock, not this process's (`_now_ms`): every process
+    /// agrees on it.
+    async fn tick(&self, _now_ms: u64) -> Result<Outcome> {
+        self.run_once(Clock::Redis).await
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use fleet_queue::{Queue, Result};
+use fleet_queue::{Clock, Queue, Result};
 use fleet_runtime::Shutdown;
 use serde::Deserialize;
 
@@ -109,9 +109,11 @@ impl Stalled {
     }
 
     /// Recovers every entry pending longer than its queue's lease, a batch at a time while
-    /// batches come back full, up to the per-run limit (batches shrink while Redis times out). Idle times are measured by Redis, so
-    /// `now_ms` only stamps dead letters.
-    pub async fn run_once(&self, now_ms: u64) -> Result<Outcome> {
+    /// batches come back full, up to the per-run limit (batches shrink while Redis times out).
+    /// Idle times are measured by Redis, so `now` only stamps dead letters: the task's loop
+    /// passes [`Clock::Redis`]; tests pass a time in Unix ms.
+    pub async fn run_once(&self, now: impl Into<Clock>) -> Result<Outcome> {
+        let now = now.into();
         let mut out = Outcome::default();
         for q in &self.queues {
             let lease = self.config.lease_for(q.name());
@@ -122,7 +124,7 @@ impl Stalled {
             let mut batches = 0u32;
             loop {
                 let size = self.batch.get();
-                let r = q.reclaim_stalled(&self.group, lease, size, now_ms).await;
+                let r = q.reclaim_stalled(&self.group, lease, size, now).await;
                 self.batch.observe(&r);
                 let r = r?;
                 reclaimed += r.requeued;
@@ -176,7 +178,8 @@ impl task::Task for Stalled {
         self.config.interval
     }
 
-    async fn tick(&self, now_ms: u64) -> Result<Outcome> {
-        self.run_once(now_ms).await
+    /// Dead letters are stamped by Redis's clock, not this process's (`_now_ms`).
+    async fn tick(&self, _now_ms: u64) -> Result<Outcome> {
+        self.run_once(Clock::Redis).await
     }
 }

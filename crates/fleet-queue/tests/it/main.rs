@@ -5,7 +5,12 @@ mod support;
 
 #[cfg(feature = "apalis")]
 mod apalis;
+mod batch;
+mod clock;
 mod consume;
+mod consumers;
 mod enqueue;
 mod leases;
 mod maintenance;
+mod model;
+mod replay;

@@ -8,6 +8,16 @@ pub(crate) fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// A plain connection to the test Redis, for looking at (or breaking) keys behind the library.
+pub(crate) async fn raw_client() -> fred::prelude::Client {
+    use fred::prelude::*;
+    let raw = Builder::from_config(Config::from_url(&redis_url()).unwrap())
+        .build()
+        .unwrap();
+    raw.init().await.unwrap();
+    raw
+}
+
 /// A queue under a fresh prefix; dropping it deletes every key of the queue.
 pub(crate) struct TestQueue {
     pub(crate) broker: Broker,
