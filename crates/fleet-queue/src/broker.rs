@@ -29,6 +29,7 @@ pub(crate) struct Scripts {
     pub(crate) promote: Script,
     pub(crate) reclaim: Script,
     pub(crate) replay: Script,
+    pub(crate) waiting: Script,
 }
 
 impl Scripts {
@@ -41,10 +42,11 @@ impl Scripts {
             promote: Script::from_lua(include_str!("../lua/promote.lua")),
             reclaim: Script::from_lua(include_str!("../lua/reclaim.lua")),
             replay: Script::from_lua(include_str!("../lua/replay.lua")),
+            waiting: Script::from_lua(include_str!("../lua/waiting.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 7] {
+    fn all(&self) -> [&Script; 8] {
         [
             &self.enqueue_idempotent,
             &self.enqueue_batch,
@@ -53,6 +55,7 @@ impl Scripts {
             &self.promote,
             &self.reclaim,
             &self.replay,
+            &self.waiting,
         ]
     }
 }

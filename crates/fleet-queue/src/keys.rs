@@ -11,6 +11,7 @@
 //! | `<prefix>:{<queue>}:dead` | stream | dead letters, with reason, attempts, last error, original id |
 //! | `<prefix>:{<queue>}:paused` | string | present while the queue is paused |
 //! | `<prefix>:{<queue>}:idem:<key>` | string | the job id first enqueued under an idempotency key, with a TTL |
+//! | `<prefix>:{<queue>}:<priority>:count` | hash | progress of a recount of the stream's waiting entries, or the proof that the group's read counter is right (see `waiting.rs`) |
 
 use fleet_core::Priority;
 
@@ -37,6 +38,11 @@ impl QueueKeys {
     /// The three streams, highest priority first.
     pub fn streams(&self) -> &[String; 3] {
         &self.streams
+    }
+
+    /// The count state of one priority stream's waiting entries (see `waiting.rs`).
+    pub fn count_state(&self, priority: Priority) -> String {
+        format!("{}:count", self.streams[priority.index()])
     }
 
     /// The delayed set.
@@ -89,12 +95,12 @@ mod tests {
             k.idempotency("meta:msg:wamid.1"),
             "fleet:{inbound}:idem:meta:msg:wamid.1"
         );
-        for key in k
-            .streams()
-            .iter()
-            .cloned()
-            .chain([k.delayed(), k.dead(), k.paused()])
-        {
+        for key in k.streams().iter().cloned().chain([
+            k.delayed(),
+            k.dead(),
+            k.paused(),
+            k.count_state(Priority::Low),
+        ]) {
             assert!(
                 key.contains("{inbound}"),
                 "{key} must carry the queue's hash tag"

@@ -14,6 +14,7 @@ mod maintenance;
 mod metrics_doc;
 mod queue;
 pub mod ratelimit;
+mod waiting;
 
 pub use broker::{Broker, COMMAND_BUFFER_LIMIT, COMMAND_TIMEOUT_DEFAULT};
 pub use consumer::{
@@ -27,3 +28,4 @@ pub use inspect::{ConsumerInfo, GroupStats, PeekedJob, PriorityStats, QueueStats
 pub use maintenance::{Reclaimed, Retention};
 pub use metrics_doc::describe_metrics;
 pub use queue::{BATCH_LIMIT, Enqueued, Queue, now_ms};
+pub use waiting::{WAITING_PAGE_ENTRIES, WAITING_PAGES_PER_READ, Waiting, WaitingBudget};

@@ -8,3 +8,4 @@ mod apalis;
 mod consume;
 mod enqueue;
 mod maintenance;
+mod waiting;
