@@ -6,6 +6,10 @@
 //! background task refreshes every [`IngestConfig::backlog_interval`], so a flood of webhooks does
 //! not turn into a flood of `XINFO` calls, and an unreachable Redis is answered 503 at once instead
 //! of after a command timeout per request.
+//!
+//! The backlog is [`Queue::backlog`], the same waiting count `fleetctl queues` and the scheduler's
+//! gauges show: entries appended and not yet delivered, never acknowledged history, exact after a
+//! Redis restart or failover too (then, for the few refreshes a recount takes, a lower bound).
 
 use std::{
     collections::HashMap,
@@ -248,8 +252,8 @@ impl AppState {
         }
     }
 
-    /// Reads both queues' backlogs once and updates the cached values and the Redis health flag.
-    /// The background task calls it every interval; tests call it directly.
+    /// Reads both queues' backlogs once ([`Queue::backlog`]) and updates the cached values and the
+    /// Redis health flag. The background task calls it every interval; tests call it directly.
     pub async fn refresh_backlog(&self) {
         let Some(queues) = self.queues() else { return };
         let (inbound, outbound) = tokio::join!(queues.inbound.backlog(), queues.outbound.backlog());
