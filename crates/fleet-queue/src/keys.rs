@@ -11,6 +11,7 @@
 //! | `<prefix>:{<queue>}:dead` | stream | dead letters, with reason, attempts, last error, original id |
 //! | `<prefix>:{<queue>}:paused` | string | present while the queue is paused |
 //! | `<prefix>:{<queue>}:idem:<key>` | string | the job id first enqueued under an idempotency key, with a TTL |
+//! | `<prefix>:{<queue>}:sync` | string | a marker written only so a following `WAIT` covers earlier appends (see `durability.rs`), with a TTL |
 //! | `<prefix>:{<queue>}:<priority>:count` | hash | progress of a recount of the stream's waiting entries, or the proof that the group's read counter is right (see `waiting.rs`) |
 
 use fleet_core::Priority;
@@ -43,6 +44,11 @@ impl QueueKeys {
     /// The count state of one priority stream's waiting entries (see `waiting.rs`).
     pub fn count_state(&self, priority: Priority) -> String {
         format!("{}:count", self.streams[priority.index()])
+    }
+
+    /// The replication marker (see `durability.rs`).
+    pub fn sync_marker(&self) -> String {
+        format!("{}:sync", self.base)
     }
 
     /// The delayed set.
@@ -100,6 +106,7 @@ mod tests {
             k.dead(),
             k.paused(),
             k.count_state(Priority::Low),
+            k.sync_marker(),
         ]) {
             assert!(
                 key.contains("{inbound}"),

@@ -5,6 +5,7 @@ pub mod apalis_backend;
 mod broker;
 mod consumer;
 mod dlq;
+mod durability;
 mod entry;
 mod error;
 mod inspect;
@@ -22,6 +23,7 @@ pub use consumer::{
     RetryAfter, RetryOutcome, Settler, unique_consumer_name,
 };
 pub use dlq::{DeadEntry, REPLAY_CHUNK};
+pub use durability::Persistence;
 pub use entry::StoredJob;
 pub use error::{Error, Result};
 pub use inspect::{ConsumerInfo, GroupStats, PeekedJob, PriorityStats, QueueStats};
