@@ -17,6 +17,27 @@ pub const BACKLOG_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
 pub const MAX_CONNECTIONS_DEFAULT: usize = 512;
 /// Default `Retry-After` of a 503 (Redis unavailable or a queue over its high-water mark).
 pub const RETRY_AFTER_UNAVAILABLE_DEFAULT: Duration = Duration::from_secs(5);
+/// Default replicas that must hold a group commit before its requests are answered, with
+/// `durability = "replicas"`.
+pub const WAIT_REPLICAS_DEFAULT: u32 = 1;
+/// Default longest wait for those replicas; past it the requests are answered 503 (and retried).
+pub const WAIT_TIMEOUT_DEFAULT: Duration = Duration::from_millis(100);
+
+/// When ingest answers a webhook: how durable its events are by then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Once the Redis primary has the events (in memory, and in its AOF as its `appendfsync`
+    /// says: `always` survives a host crash, `everysec` may lose the last second).
+    Default,
+    /// Also once `replicas` replicas hold them (`WAIT`), within `timeout`; otherwise 503: the
+    /// events stay appended, the provider retries and the idempotency key dedupes the retry.
+    Replicas {
+        /// Replicas that must acknowledge.
+        replicas: u32,
+        /// Longest wait.
+        timeout: Duration,
+    },
+}
 
 /// The `[ingest]` section of the config file; every key is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +54,13 @@ pub struct IngestSection {
     pub retry_after_secs: Option<u64>,
     /// Most open connections at once (default 512); more wait to be accepted.
     pub max_connections: Option<usize>,
+    /// `"default"` (answer once the Redis primary has the events) or `"replicas"` (also wait
+    /// for `wait_replicas` replicas, at most `wait_timeout_ms`, else answer 503).
+    pub durability: Option<String>,
+    /// Replicas to wait for with `durability = "replicas"` (default 1).
+    pub wait_replicas: Option<u32>,
+    /// Longest wait for them, in milliseconds (default 100).
+    pub wait_timeout_ms: Option<u64>,
 }
 
 /// Everything the ingest service needs to know besides its tenants, broker and listener.
@@ -51,6 +79,8 @@ pub struct IngestConfig {
     pub retry_after_unavailable: Duration,
     /// Most open connections at once; past it, new connections wait to be accepted.
     pub max_connections: usize,
+    /// When a webhook's events count as safe enough to answer 200.
+    pub durability: Durability,
     /// Public base URL as providers call it (Twilio signs it), without a trailing slash; `None`
     /// rebuilds it from the request's `Host` (and `X-Forwarded-Proto`).
     pub public_url: Option<String>,
@@ -69,6 +99,7 @@ impl Default for IngestConfig {
             backlog_interval: BACKLOG_INTERVAL_DEFAULT,
             retry_after_unavailable: RETRY_AFTER_UNAVAILABLE_DEFAULT,
             max_connections: MAX_CONNECTIONS_DEFAULT,
+            durability: Durability::Default,
             public_url: None,
             redis_url: fleet_runtime::config::DEFAULT_REDIS_URL.to_owned(),
             key_prefix: fleet_runtime::config::DEFAULT_KEY_PREFIX.to_owned(),
@@ -122,6 +153,33 @@ impl IngestConfig {
         if !(1..=1_000_000).contains(&max_connections) {
             return Err(invalid("max_connections", "must be between 1 and 1000000"));
         }
+        let durability = match section.durability.as_deref().unwrap_or("default") {
+            "default" => {
+                if section.wait_replicas.is_some() || section.wait_timeout_ms.is_some() {
+                    return Err(invalid(
+                        "wait_replicas",
+                        "wait_replicas and wait_timeout_ms need durability = \"replicas\"",
+                    ));
+                }
+                Durability::Default
+            }
+            "replicas" => {
+                let replicas = section.wait_replicas.unwrap_or(WAIT_REPLICAS_DEFAULT);
+                if !(1..=16).contains(&replicas) {
+                    return Err(invalid("wait_replicas", "must be between 1 and 16"));
+                }
+                let timeout = section
+                    .wait_timeout_ms
+                    .map_or(WAIT_TIMEOUT_DEFAULT, Duration::from_millis);
+                if timeout.is_zero() || timeout > Duration::from_secs(10) {
+                    return Err(invalid("wait_timeout_ms", "must be between 1 and 10000"));
+                }
+                Durability::Replicas { replicas, timeout }
+            }
+            _ => {
+                return Err(invalid("durability", "must be \"default\" or \"replicas\""));
+            }
+        };
         Ok(IngestConfig {
             body_limit,
             body_bytes_in_flight,
@@ -129,6 +187,7 @@ impl IngestConfig {
             backlog_interval,
             retry_after_unavailable: retry_after,
             max_connections,
+            durability,
             public_url: common.public_url.clone(),
             redis_url: common.redis_url.clone(),
             key_prefix: common.key_prefix.clone(),
@@ -163,6 +222,38 @@ mod tests {
         assert_eq!(c.queue_high_water, 1_000_000);
         assert_eq!(c.public_url, None);
         assert_eq!(c.max_connections, MAX_CONNECTIONS_DEFAULT);
+        assert_eq!(c.durability, Durability::Default);
+    }
+
+    #[test]
+    fn durability_is_read_and_checked() {
+        assert_eq!(
+            load("[ingest]\ndurability = \"replicas\"\n")
+                .unwrap()
+                .durability,
+            Durability::Replicas {
+                replicas: WAIT_REPLICAS_DEFAULT,
+                timeout: WAIT_TIMEOUT_DEFAULT
+            }
+        );
+        assert_eq!(
+            load("[ingest]\ndurability = \"replicas\"\nwait_replicas = 2\nwait_timeout_ms = 250\n")
+                .unwrap()
+                .durability,
+            Durability::Replicas {
+                replicas: 2,
+                timeout: Duration::from_millis(250)
+            }
+        );
+        for bad in [
+            "durability = \"always\"",
+            "durability = \"replicas\"\nwait_replicas = 0",
+            "durability = \"replicas\"\nwait_timeout_ms = 0",
+            "durability = \"replicas\"\nwait_timeout_ms = 60000",
+            "wait_replicas = 1",
+        ] {
+            assert!(load(&format!("[ingest]\n{bad}\n")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -96,6 +96,10 @@ impl Rejection {
                 "queue_over_high_water",
                 "queue over its high-water mark, retry later",
             ),
+            Unavailable::Replicas => (
+                "replicas_unacknowledged",
+                "not yet held by enough replicas, retry later",
+            ),
         };
         Rejection {
             retry_after: Some(retry_after),
@@ -273,9 +277,12 @@ async fn enqueue_inbound(
         })
         .collect();
     let results = queues.inbound_batcher.enqueue(jobs).await.map_err(|e| {
-        if e.unavailable {
-            state.mark_redis_down();
-            Rejection::unavailable(Unavailable::Redis, state.config().retry_after_unavailable)
+        if let Some(why) = e.unavailable {
+            // Replicas falling behind are logged once per episode by the batcher.
+            if why == Unavailable::Redis {
+                state.mark_redis_down();
+            }
+            Rejection::unavailable(why, state.config().retry_after_unavailable)
         } else {
             tracing::error!(error = %e.message, tenant = %tenant.id, provider, "enqueue failed");
             Rejection::new(

@@ -30,6 +30,19 @@ pub const QUEUE_BACKLOG_ENTRIES: &str = "fleet_ingest_queue_backlog_entries";
 /// 1 while Redis is unreachable (webhooks answer 503), 0 otherwise.
 pub const REDIS_UNAVAILABLE: &str = "fleet_ingest_redis_unavailable";
 
+/// Replica waits after a group commit (`durability = "replicas"`), by `outcome` (`acked`,
+/// `timeout`, `error`).
+pub const REPLICA_WAITS_TOTAL: &str = "fleet_ingest_replica_waits_total";
+/// Time a group commit waited for its replicas.
+pub const REPLICA_WAIT_DURATION_SECONDS: &str = "fleet_ingest_replica_wait_duration_seconds";
+/// Replicas a group commit waits for (`wait_replicas`; 0 with `durability = "default"`).
+pub const WAIT_REPLICAS: &str = "fleet_ingest_wait_replicas";
+/// 1 when the Redis server keeps an AOF (`appendonly yes`), as read at start.
+pub const REDIS_APPENDONLY: &str = "fleet_ingest_redis_appendonly";
+/// 1 when the Redis server fsyncs its AOF before answering each write (`appendfsync always`), as
+/// read at start: only then does an answered webhook survive a crash of the Redis host.
+pub const REDIS_APPENDFSYNC_ALWAYS: &str = "fleet_ingest_redis_appendfsync_always";
+
 /// Connections open now.
 pub const OPEN_CONNECTIONS: &str = "fleet_ingest_open_connections";
 /// The connection cap (`[ingest] max_connections`).
@@ -90,6 +103,27 @@ pub fn describe() {
     metrics::describe_gauge!(
         REDIS_UNAVAILABLE,
         "1 while Redis is unreachable and ingest answers 503."
+    );
+    metrics::describe_counter!(
+        REPLICA_WAITS_TOTAL,
+        "Replica waits after a group commit, by outcome (acked, timeout: answered 503, error)."
+    );
+    metrics::describe_histogram!(
+        REPLICA_WAIT_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time a group commit waited for its replicas."
+    );
+    metrics::describe_gauge!(
+        WAIT_REPLICAS,
+        "Replicas each group commit waits for (0: durability = default)."
+    );
+    metrics::describe_gauge!(
+        REDIS_APPENDONLY,
+        "1 when the Redis server keeps an AOF, as read at start."
+    );
+    metrics::describe_gauge!(
+        REDIS_APPENDFSYNC_ALWAYS,
+        "1 when the Redis server fsyncs every write before answering (appendfsync always), as read at start."
     );
 }
 

@@ -6,6 +6,10 @@
 //! background task refreshes every [`IngestConfig::backlog_interval`], so a flood of webhooks does
 //! not turn into a flood of `XINFO` calls, and an unreachable Redis is answered 503 at once instead
 //! of after a command timeout per request.
+//!
+//! The backlog is [`Queue::backlog`], the same waiting count `fleetctl queues` and the scheduler's
+//! gauges show: entries appended and not yet delivered, never acknowledged history, exact after a
+//! Redis restart or failover too (then, for the few refreshes a recount takes, a lower bound).
 
 use std::{
     collections::HashMap,
@@ -23,7 +27,11 @@ use fleet_runtime::{Shutdown, Tenant, Tenants, TenantsError, TenantsHandle};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{batcher::Batcher, config::IngestConfig, metrics};
+use crate::{
+    batcher::Batcher,
+    config::{Durability, IngestConfig},
+    metrics,
+};
 
 /// One tenant's admission limiter and the rate it was built with (kept across reloads when the
 /// rate is unchanged, so a reload does not hand every tenant a fresh burst).
@@ -72,6 +80,43 @@ impl Snapshot {
     }
 }
 
+/// Says once, at start, how durable an answered webhook is: the Redis server's AOF settings
+/// (`CONFIG GET`; the local durability is the server's `appendfsync always`, which ingest cannot
+/// set) and the replicas each group commit waits for. Logged, and exported as gauges.
+async fn report_durability(broker: Broker, durability: Durability) {
+    let wait_replicas = match durability {
+        Durability::Default => 0,
+        Durability::Replicas { replicas, .. } => replicas,
+    };
+    ::metrics::gauge!(metrics::WAIT_REPLICAS).set(f64::from(wait_replicas));
+    match broker.persistence().await {
+        Ok(p) => {
+            ::metrics::gauge!(metrics::REDIS_APPENDONLY).set(u8::from(p.appendonly) as f64);
+            ::metrics::gauge!(metrics::REDIS_APPENDFSYNC_ALWAYS)
+                .set(u8::from(p.fsyncs_every_write()) as f64);
+            if p.fsyncs_every_write() {
+                tracing::info!(appendfsync = %p.appendfsync, wait_replicas, "redis fsyncs every write before answering: an answered webhook survives a crash of the redis host");
+            } else {
+                tracing::warn!(appendonly = p.appendonly, appendfsync = %p.appendfsync, wait_replicas, "redis does not fsync every write (appendfsync always): a crash of the redis host can lose webhooks already answered 200, unless replicas hold them");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, wait_replicas, "cannot read redis's AOF settings (CONFIG GET): the durability of answered webhooks is unknown")
+        }
+    }
+    if wait_replicas > 0 {
+        match broker.connected_replicas().await {
+            Ok(n) if n < u64::from(wait_replicas) => tracing::warn!(
+                connected_replicas = n,
+                wait_replicas,
+                "fewer replicas connected than wait_replicas: webhooks are answered 503 until enough connect"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read redis's replicas"),
+        }
+    }
+}
+
 /// The two queues ingest writes to.
 #[derive(Clone)]
 pub(crate) struct Queues {
@@ -114,6 +159,9 @@ pub(crate) enum Unavailable {
     Redis,
     /// The target queue is over its high-water mark.
     HighWater,
+    /// Fewer replicas than `wait_replicas` acknowledged the events in time (`durability =
+    /// "replicas"`); the events are appended, and the provider's retry is a duplicate.
+    Replicas,
 }
 
 impl AppState {
@@ -152,8 +200,10 @@ impl AppState {
             return;
         }
         let inbound = broker.queue(INBOUND_QUEUE);
+        let durability = self.inner.config.durability;
+        tokio::spawn(report_durability(broker.clone(), durability));
         let queues = Queues {
-            inbound_batcher: Batcher::start(&inbound),
+            inbound_batcher: Batcher::start(&inbound, durability),
             inbound,
             outbound: broker.queue(OUTBOUND_QUEUE),
             broker,
@@ -248,8 +298,8 @@ impl AppState {
         }
     }
 
-    /// Reads both queues' backlogs once and updates the cached values and the Redis health flag.
-    /// The background task calls it every interval; tests call it directly.
+    /// Reads both queues' backlogs once ([`Queue::backlog`]) and updates the cached values and the
+    /// Redis health flag. The background task calls it every interval; tests call it directly.
     pub async fn refresh_backlog(&self) {
         let Some(queues) = self.queues() else { return };
         let (inbound, outbound) = tokio::join!(queues.inbound.backlog(), queues.outbound.backlog());

@@ -31,6 +31,7 @@ pub(crate) struct Scripts {
     pub(crate) replay: Script,
     pub(crate) fence: Script,
     pub(crate) remove_idle_consumers: Script,
+    pub(crate) waiting: Script,
 }
 
 impl Scripts {
@@ -47,10 +48,11 @@ impl Scripts {
             remove_idle_consumers: Script::from_lua(include_str!(
                 "../lua/remove_idle_consumers.lua"
             )),
+            waiting: Script::from_lua(include_str!("../lua/waiting.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 9] {
+    fn all(&self) -> [&Script; 10] {
         [
             &self.enqueue_one,
             &self.enqueue_batch,
@@ -61,6 +63,7 @@ impl Scripts {
             &self.replay,
             &self.fence,
             &self.remove_idle_consumers,
+            &self.waiting,
         ]
     }
 }

@@ -18,7 +18,9 @@ use crate::{
 pub struct GroupStats {
     /// Group name.
     pub name: String,
-    /// Entries not yet delivered to this group (`lag`).
+    /// Entries not yet delivered to this group as Redis reports it (`lag`): missing, or stale,
+    /// after a restart, a failover or a deletion on Redis 7.0; [`PriorityStats::waiting`] is the
+    /// exact figure.
     pub lag: Option<u64>,
     /// Entries delivered and not yet acknowledged.
     pub pending: u64,
@@ -38,9 +40,12 @@ pub struct PriorityStats {
     pub priority: Priority,
     /// Entries in the stream, acknowledged ones not yet trimmed included.
     pub length: u64,
-    /// Entries waiting to be delivered: the smallest lag of the groups, or the length when the
-    /// stream has no group yet.
+    /// Entries waiting to be delivered (after the last-delivered id of the group furthest ahead;
+    /// every entry while the stream has no group), from [`Queue::waiting`]: exact, or a lower
+    /// bound while `waiting_exact` is false.
     pub waiting: u64,
+    /// Whether `waiting` is exact (false only while a recount is under way).
+    pub waiting_exact: bool,
     /// Entries delivered and not yet acknowledged, over all groups.
     pub pending: u64,
     /// Idle time of the oldest pending entry, in ms.
@@ -73,6 +78,11 @@ impl QueueStats {
             .iter()
             .map(|p| (p.priority.as_str(), p.waiting))
             .collect()
+    }
+
+    /// Whether every priority's waiting count is exact.
+    pub fn lengths_exact(&self) -> bool {
+        self.priorities.iter().all(|p| p.waiting_exact)
     }
 
     /// Pending entries over all priorities.
@@ -145,8 +155,9 @@ fn as_u64(v: Option<&Value>) -> Option<u64> {
 }
 
 impl Queue {
-    /// Per-priority stream statistics: one pipeline of bounded commands.
+    /// Per-priority stream statistics: one pipeline of bounded commands, and the waiting counts.
     pub async fn priority_stats(&self) -> Result<Vec<PriorityStats>> {
+        let waiting = self.waiting().await?;
         let client = self.broker.client();
         let pipeline = client.pipeline();
         for stream in self.keys.streams() {
@@ -188,15 +199,6 @@ impl Queue {
                     .collect(),
                 _ => Vec::new(),
             };
-            let waiting = if groups.is_empty() {
-                length
-            } else {
-                groups
-                    .iter()
-                    .map(|g| g.lag.unwrap_or(length))
-                    .min()
-                    .unwrap_or(length)
-            };
             let pending = groups.iter().map(|g| g.pending).sum();
             let oldest_pending_ms = if pending > 0 {
                 self.oldest_pending(p, &groups).await?
@@ -206,7 +208,8 @@ impl Queue {
             out.push(PriorityStats {
                 priority: p,
                 length,
-                waiting,
+                waiting: waiting[i].entries,
+                waiting_exact: waiting[i].exact,
                 pending,
                 oldest_pending_ms,
                 groups,

@@ -13,6 +13,8 @@
 //! | `<prefix>:{<queue>}:lease` | string | the lease in ms the scheduler enforces, for the consumers' heartbeats |
 //! | `<prefix>:{<queue>}:fence:<job id>` | string | `<consumer>\|<ms>`: an at-most-once effect of the job is under way and its outcome not recorded yet (see `fence.lua`) |
 //! | `<prefix>:{<queue>}:idem:<key>` | string | the job id first enqueued under an idempotency key, with a TTL |
+//! | `<prefix>:{<queue>}:sync` | string | a marker written only so a following `WAIT` covers earlier appends (see `durability.rs`), with a TTL |
+//! | `<prefix>:{<queue>}:<priority>:count` | hash | progress of a recount of the stream's waiting entries, or the proof that the group's read counter is right (see `waiting.rs`) |
 
 use fleet_core::Priority;
 
@@ -39,6 +41,16 @@ impl QueueKeys {
     /// The three streams, highest priority first.
     pub fn streams(&self) -> &[String; 3] {
         &self.streams
+    }
+
+    /// The count state of one priority stream's waiting entries (see `waiting.rs`).
+    pub fn count_state(&self, priority: Priority) -> String {
+        format!("{}:count", self.streams[priority.index()])
+    }
+
+    /// The replication marker (see `durability.rs`).
+    pub fn sync_marker(&self) -> String {
+        format!("{}:sync", self.base)
     }
 
     /// The delayed set.
@@ -101,12 +113,14 @@ mod tests {
             k.idempotency("meta:msg:wamid.1"),
             "fleet:{inbound}:idem:meta:msg:wamid.1"
         );
-        for key in k
-            .streams()
-            .iter()
-            .cloned()
-            .chain([k.delayed(), k.dead(), k.paused(), k.lease()])
-        {
+        for key in k.streams().iter().cloned().chain([
+            k.delayed(),
+            k.dead(),
+            k.paused(),
+            k.lease(),
+            k.count_state(Priority::Low),
+            k.sync_marker(),
+        ]) {
             assert!(
                 key.contains("{inbound}"),
                 "{key} must carry the queue's hash tag"

@@ -5,6 +5,7 @@ pub mod apalis_backend;
 mod broker;
 mod consumer;
 mod dlq;
+mod durability;
 mod entry;
 mod error;
 mod fence;
@@ -16,6 +17,7 @@ mod maintenance;
 mod metrics_doc;
 mod queue;
 pub mod ratelimit;
+mod waiting;
 
 pub use broker::{Broker, COMMAND_BUFFER_LIMIT, COMMAND_TIMEOUT_DEFAULT};
 pub use consumer::{
@@ -23,6 +25,7 @@ pub use consumer::{
     RetryAfter, RetryOutcome, Settler, unique_consumer_name,
 };
 pub use dlq::{DeadEntry, REPLAY_CHUNK};
+pub use durability::Persistence;
 pub use entry::StoredJob;
 pub use error::{Error, Result};
 pub use fence::Fence;
@@ -31,3 +34,4 @@ pub use lease::{HEARTBEAT_CHUNK, LEASE_DEFAULT};
 pub use maintenance::{Reclaimed, Retention};
 pub use metrics_doc::describe_metrics;
 pub use queue::{BATCH_LIMIT, Clock, Enqueued, Queue, now_ms};
+pub use waiting::{WAITING_PAGE_ENTRIES, WAITING_PAGES_PER_READ, Waiting, WaitingBudget};

@@ -69,6 +69,16 @@ pub fn describe_metrics() {
         Unit::Count,
         "Pending entries dropped by deleting an idle consumer: always 0 unless the removal script is wrong."
     );
+    describe_counter!(
+        "fleet_queue_waiting_recounted_entries_total",
+        Unit::Count,
+        "Stream ids walked to recount waiting entries (after a Redis restart, a failover or a deletion ahead of the group)."
+    );
+    describe_counter!(
+        "fleet_queue_waiting_repairs_total",
+        Unit::Count,
+        "Recounts completed: the group's read counter set right, so waiting counts are O(1) again."
+    );
     describe_histogram!(
         "fleet_queue_batch_entries",
         Unit::Count,

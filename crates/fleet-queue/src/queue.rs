@@ -312,11 +312,11 @@ impl Queue {
             .collect())
     }
 
-    /// Entries waiting to be delivered, all priorities together (the consumer group's lag, or the
-    /// stream length while no group exists): what ingest compares with its high-water mark.
+    /// Entries waiting to be delivered, all priorities together ([`Queue::waiting`]: exact, or a
+    /// lower bound for the few reads a recount takes after a restart, a failover or a deletion):
+    /// what ingest compares with its high-water mark.
     pub async fn backlog(&self) -> Result<u64> {
-        let stats = self.priority_stats().await?;
-        Ok(stats.iter().map(|s| s.waiting).sum())
+        Ok(self.waiting().await?.iter().map(|w| w.entries).sum())
     }
 
     /// Stops every consumer of the queue from taking new work; producers keep enqueueing.

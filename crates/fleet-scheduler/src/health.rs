@@ -2,7 +2,12 @@
 //! oldest in-flight entry is, what is delayed and dead, how far the workers' group lags, how many
 //! consumers there are and whether the queue is paused: the signals an autoscaler (KEDA) or a
 //! Prometheus alert needs. Read with bounded commands only (`XINFO`, `XLEN`, `ZCARD`,
-//! `XPENDING ... COUNT 1`).
+//! `XPENDING ... COUNT 1`, and the bounded pages of a recount).
+//!
+//! What waits is [`fleet_queue::Queue::waiting`], the figure `fleetctl queues` and ingest's
+//! high-water mark read too: exact after a Redis restart, a failover or a deletion, where Redis
+//! 7.0's own lag is stale or missing. While a recount is under way (a few refreshes at most) the
+//! figure is a lower bound and `fleet_queue_length_exact` is 0.
 //!
 //! This task runs on every replica, leader or not: it only reads, and a replica that stopped
 //! leading would otherwise keep serving its last (stale) values.
@@ -50,10 +55,14 @@ pub struct PriorityHealth {
     pub priority: Priority,
     /// Entries waiting to be delivered (`fleet_queue_length`).
     pub waiting: u64,
+    /// Whether `waiting` is exact (`fleet_queue_length_exact`); false only while a recount is
+    /// under way, when `waiting` is a lower bound.
+    pub exact: bool,
     /// Entries delivered and not yet acknowledged (`fleet_queue_pending`).
     pub pending: u64,
-    /// Entries not yet delivered to the workers' group (`fleet_queue_lag`): the group's lag, or
-    /// the stream's length while the group does not exist yet.
+    /// Entries not yet delivered to the workers' group (`fleet_queue_lag`): the same exact figure
+    /// as `waiting` (Fleet's streams have that one group), or the stream's length while the
+    /// group does not exist yet. Redis's own lag is not used: it is stale after a restart.
     pub lag: u64,
 }
 
@@ -106,15 +115,13 @@ impl Health {
                 .map(|p| PriorityHealth {
                     priority: p.priority,
                     waiting: p.waiting,
+                    exact: p.waiting_exact,
                     pending: p.pending,
-                    lag: p
-                        .groups
-                        .iter()
-                        .find(|g| g.name == self.group)
-                        // Redis cannot always tell a lag (after deletions inside the stream);
-                        // then the waiting count is the best estimate at hand.
-                        .map(|g| g.lag.unwrap_or(p.waiting))
-                        .unwrap_or(p.length),
+                    lag: if p.groups.iter().any(|g| g.name == self.group) {
+                        p.waiting
+                    } else {
+                        p.length
+                    },
                 })
                 .collect();
             let h = QueueHealth {
@@ -146,6 +153,7 @@ fn record(h: &QueueHealth) {
             ("priority", p.priority.as_str().to_owned()),
         ];
         metrics::gauge!("fleet_queue_length", &labels).set(p.waiting as f64);
+        metrics::gauge!("fleet_queue_length_exact", &labels).set(u8::from(p.exact) as f64);
         metrics::gauge!("fleet_queue_pending", &labels).set(p.pending as f64);
         metrics::gauge!("fleet_queue_lag", &labels).set(p.lag as f64);
     }

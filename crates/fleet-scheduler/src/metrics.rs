@@ -11,7 +11,11 @@ pub fn describe() {
     ONCE.call_once(|| {
         describe_gauge!(
             "fleet_queue_length",
-            "Entries waiting to be delivered (the consumer group's lag), per queue and priority."
+            "Entries waiting to be delivered (appended, delivered to no consumer group yet), per queue and priority: exact, or a lower bound while fleet_queue_length_exact is 0."
+        );
+        describe_gauge!(
+            "fleet_queue_length_exact",
+            "1 when fleet_queue_length is exact; 0 for the few refreshes a recount takes after a Redis restart, a failover or a deletion."
         );
         describe_gauge!(
             "fleet_queue_pending",
@@ -19,7 +23,7 @@ pub fn describe() {
         );
         describe_gauge!(
             "fleet_queue_lag",
-            "Entries not yet delivered to the workers' consumer group, as Redis reports it."
+            "Entries not yet delivered to the workers' consumer group: the same figure as fleet_queue_length (Redis's own lag is stale after a restart)."
         );
         describe_gauge!(
             "fleet_queue_delayed",

@@ -45,6 +45,12 @@ pub struct QueueRow {
     pub oldest_pending_ms: Option<u64>,
     /// Whether consumers are paused.
     pub paused: bool,
+    /// False while a count of waiting entries is still under way (after a Redis restart, a
+    /// failover or a deletion): `lengths` is then a lower bound, exact within a few reads.
+    pub lengths_exact: bool,
+    /// Per priority (high, normal, low), whether its length is exact (the table marks the others).
+    #[serde(skip)]
+    pub exact: [bool; 3],
 }
 
 impl From<&QueueStats> for QueueRow {
@@ -54,6 +60,12 @@ impl From<&QueueStats> for QueueRow {
                 .iter()
                 .find(|x| x.priority == p)
                 .map_or(0, |x| x.waiting)
+        };
+        let exact = |p: Priority| {
+            s.priorities
+                .iter()
+                .find(|x| x.priority == p)
+                .is_none_or(|x| x.waiting_exact)
         };
         QueueRow {
             name: s.name.clone(),
@@ -68,7 +80,18 @@ impl From<&QueueStats> for QueueRow {
             consumers: s.consumers,
             oldest_pending_ms: s.oldest_pending_ms(),
             paused: s.paused,
+            lengths_exact: s.lengths_exact(),
+            exact: Priority::ALL.map(exact),
         }
+    }
+}
+
+/// A waiting count for the table: a lower bound is shown as `≥n`.
+pub fn waiting_cell(n: u64, exact: bool) -> String {
+    if exact {
+        count(n)
+    } else {
+        format!("≥{}", count(n))
     }
 }
 
@@ -114,9 +137,9 @@ pub fn render_queues(rows: &[QueueRow], color: bool) -> String {
     for r in rows {
         t.row(vec![
             r.name.as_str().into(),
-            count(r.lengths.high).into(),
-            count(r.lengths.normal).into(),
-            count(r.lengths.low).into(),
+            waiting_cell(r.lengths.high, r.exact[0]).into(),
+            waiting_cell(r.lengths.normal, r.exact[1]).into(),
+            waiting_cell(r.lengths.low, r.exact[2]).into(),
             count(r.pending).into(),
             count(r.delayed).into(),
             Cell::painted_if(count(r.dead), r.dead > 0, Paint::Red),
@@ -208,7 +231,7 @@ pub fn render_inspection(i: &Inspection, color: bool) -> String {
         p.row(vec![
             ps.priority.as_str().into(),
             count(ps.length).into(),
-            count(ps.waiting).into(),
+            waiting_cell(ps.waiting, ps.waiting_exact).into(),
             count(ps.pending).into(),
             opt_age(ps.oldest_pending_ms).into(),
         ]);
@@ -336,6 +359,8 @@ mod tests {
             consumers: 1,
             oldest_pending_ms: Some(192_000),
             paused: true,
+            lengths_exact: true,
+            exact: [true; 3],
         }
     }
 
@@ -345,7 +370,7 @@ mod tests {
         let doc = queues_json(&rows);
         assert_eq!(
             serde_json::to_string(&doc).unwrap(),
-            r#"{"queues":[{"name":"inbound","lengths":{"high":1,"normal":1200,"low":0},"pending":3,"delayed":2,"dead":5,"consumers":1,"oldest_pending_ms":192000,"paused":true}]}"#
+            r#"{"queues":[{"name":"inbound","lengths":{"high":1,"normal":1200,"low":0},"pending":3,"delayed":2,"dead":5,"consumers":1,"oldest_pending_ms":192000,"paused":true,"lengths_exact":true}]}"#
         );
     }
 
@@ -358,5 +383,15 @@ mod tests {
         assert!(lines[1].contains("3m12s"));
         assert!(lines[1].ends_with("paused"));
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn table_marks_a_count_still_under_way_as_a_lower_bound() {
+        let mut r = row();
+        r.lengths_exact = false;
+        r.exact = [true, false, true];
+        let text = render_queues(&[r], false);
+        let cols: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(cols[1..4], ["1", "≥1,200", "0"]);
     }
 }

@@ -2,6 +2,7 @@
 //! real Redis on 127.0.0.1:6379, each test under its own random key prefix.
 
 mod binary;
+mod durability;
 mod helpers;
 mod meta;
 mod outage;

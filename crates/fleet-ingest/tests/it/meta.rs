@@ -365,6 +365,62 @@ async fn a_queue_over_its_high_water_mark_gets_503() {
     assert_eq!(send.status, StatusCode::ACCEPTED);
 }
 
+/// What a Redis restart leaves: processed entries not trimmed yet, the group's read counter lost
+/// (Redis has no lag). The high-water check counts only what waits, so ingest keeps accepting.
+#[tokio::test]
+async fn acknowledged_history_does_not_count_toward_the_high_water_mark() {
+    use fred::{cmd, prelude::*, types::Value};
+
+    let t = TestApp::with_config(|c| c.queue_high_water = 5).await;
+    let jobs: Vec<(u32, fleet_core::EnqueueOptions)> =
+        (0..30).map(|i| (i, Default::default())).collect();
+    t.inbound.enqueue_batch(&jobs).await.unwrap();
+    let mut o = fleet_queue::ConsumerOptions::new("test");
+    o.batch_size = 30;
+    o.linger = std::time::Duration::ZERO;
+    let mut c = t.inbound.consumer(o).await.unwrap();
+    let read = c.next_batch().await.unwrap();
+    assert_eq!(read.len(), 30);
+    c.ack(&read.iter().collect::<Vec<_>>()).await.unwrap();
+    let raw = Builder::from_config(Config::from_url(REDIS_URL).unwrap())
+        .build()
+        .unwrap();
+    raw.init().await.unwrap();
+    let stream = t.inbound.keys().stream(Priority::Normal).to_owned();
+    let last = read.last().unwrap().stream_id.clone();
+    let _: Value = raw
+        .custom(
+            cmd!("XGROUP"),
+            vec![
+                "SETID",
+                stream.as_str(),
+                fleet_queue::GROUP_DEFAULT,
+                last.as_str(),
+            ],
+        )
+        .await
+        .unwrap();
+    let _: i64 = raw.xdel(&stream, read[3].stream_id.as_str()).await.unwrap();
+    let _: String = raw
+        .xadd(
+            &stream,
+            false,
+            None,
+            "*",
+            vec![("h", "1|x|0|1|1:1|1"), ("p", "")],
+        )
+        .await
+        .unwrap();
+
+    t.state.refresh_backlog().await;
+    let reply = t
+        .send(signed_meta_post("acme", &meta_text_body(&["wamid.W1"])))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "1 entry waits, not 30");
+    assert_eq!(t.inbound_backlog().await, 2);
+    raw.quit().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_unreachable_redis_gets_503_and_nothing_is_written() {
     let prefix = test_prefix();

@@ -14,3 +14,4 @@ mod leases;
 mod maintenance;
 mod model;
 mod replay;
+mod waiting;

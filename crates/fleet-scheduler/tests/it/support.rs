@@ -89,6 +89,7 @@ impl Drop for TestEnv {
             let k = q.keys();
             keys.extend(k.streams().iter().cloned());
             keys.extend([k.delayed(), k.dead(), k.paused()]);
+            keys.extend(fleet_core::Priority::ALL.map(|p| k.count_state(p)));
         }
         // Cleanup needs its own runtime: the test's runtime may be shutting down.
         let _ = std::thread::spawn(move || {

@@ -428,3 +428,47 @@ async fn health_reports_every_queue_and_priority_and_sets_the_gauges() {
         assert!(page.contains(&line), "missing `{line}` in:\n{page}");
     }
 }
+
+/// After what a Redis restart leaves (the group's read counter lost, acknowledged history in the
+/// stream) and a deleted undelivered entry, the gauges show what waits, not the stream length.
+#[tokio::test]
+async fn health_gauges_count_only_waiting_entries_when_redis_has_no_lag() {
+    use fred::{cmd, prelude::*, types::Value};
+
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let name = format!("hr{}", &tag[..8]);
+    let env = TestEnv::with_queues(&[&name]).await;
+    let q = env.queue(&name);
+    let jobs: Vec<(u32, EnqueueOptions)> = (0..50).map(|i| (i, Default::default())).collect();
+    q.enqueue_batch(&jobs).await.unwrap();
+    let mut c = env.consumer(&name, 40).await;
+    let read = c.next_batch().await.unwrap();
+    assert_eq!(read.len(), 40);
+    c.ack(&read.iter().collect::<Vec<_>>()).await.unwrap();
+    let raw = crate::support::raw_client().await;
+    let stream = q.keys().stream(Priority::Normal).to_owned();
+    let last = read.last().unwrap().stream_id.clone();
+    let _: Value = raw
+        .custom(
+            cmd!("XGROUP"),
+            vec!["SETID", stream.as_str(), GROUP_DEFAULT, last.as_str()],
+        )
+        .await
+        .unwrap();
+    let _: i64 = raw.xdel(&stream, read[7].stream_id.as_str()).await.unwrap();
+
+    let handle = fleet_runtime::install_metrics();
+    let task = Health::new(health::Config::default(), GROUP_DEFAULT, vec![q.clone()]);
+    let report = task.run_once(now_ms()).await.unwrap();
+    let normal = report[0].priorities[Priority::Normal.index()];
+    assert_eq!((normal.waiting, normal.lag, normal.exact), (10, 10, true));
+    let page = handle.render();
+    for line in [
+        format!("fleet_queue_length{{queue=\"{name}\",priority=\"normal\"}} 10"),
+        format!("fleet_queue_lag{{queue=\"{name}\",priority=\"normal\"}} 10"),
+        format!("fleet_queue_length_exact{{queue=\"{name}\",priority=\"normal\"}} 1"),
+    ] {
+        assert!(page.contains(&line), "missing `{line}` in:\n{page}");
+    }
+    raw.quit().await.unwrap();
+}

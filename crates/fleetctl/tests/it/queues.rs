@@ -30,7 +30,7 @@ async fn queues_json_reports_every_field_of_every_queue() {
             "name": "outbound",
             "lengths": {"high": 0, "normal": 0, "low": 0},
             "pending": 0, "delayed": 0, "dead": 1, "consumers": 1,
-            "oldest_pending_ms": null, "paused": false
+            "oldest_pending_ms": null, "paused": false, "lengths_exact": true
         })
     );
     // The global flags work before the subcommand as well.
@@ -158,4 +158,71 @@ async fn peek_decodes_the_next_entries_highest_priority_first() {
     let bad = t.run(&["jobs", "peek", "inbound", "--priority", "urgent"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("unknown priority"));
+}
+
+/// What a Redis restart leaves (the group's read counter lost, acknowledged history still in the
+/// stream), plus a deleted undelivered entry: `lengths` counts only what waits.
+#[tokio::test]
+async fn queues_lengths_never_count_acknowledged_history_after_redis_lost_its_lag() {
+    use fred::{cmd, prelude::*, types::Value};
+
+    let t = TestFleet::new().await;
+    let jobs: Vec<_> = (0..12)
+        .map(|i| (crate::support::event(i), Default::default()))
+        .collect();
+    t.inbound.enqueue_batch(&jobs).await.unwrap();
+    let mut c = t.consumer(&t.inbound, 8).await;
+    let read = c.next_batch().await.unwrap();
+    assert_eq!(read.len(), 8);
+    c.ack(&read.iter().collect::<Vec<_>>()).await.unwrap();
+
+    let raw = Builder::from_config(Config::from_url(&crate::support::redis_url()).unwrap())
+        .build()
+        .unwrap();
+    raw.init().await.unwrap();
+    let stream = t
+        .inbound
+        .keys()
+        .stream(fleet_core::Priority::Normal)
+        .to_owned();
+    let last_read = read.last().unwrap().stream_id.clone();
+    let _: Value = raw
+        .custom(
+            cmd!("XGROUP"),
+            vec!["SETID", stream.as_str(), "workers", last_read.as_str()],
+        )
+        .await
+        .unwrap();
+    let _: i64 = raw.xdel(&stream, read[3].stream_id.as_str()).await.unwrap();
+    let lag: Value = raw
+        .custom(cmd!("XINFO"), vec!["GROUPS", stream.as_str()])
+        .await
+        .unwrap();
+    assert!(
+        format!("{lag:?}").contains("Null"),
+        "redis has no lag here: {lag:?}"
+    );
+    let doc = t.json(&["queues"]);
+    assert_eq!(
+        doc["queues"][0]["lengths"],
+        json!({"high": 0, "normal": 4, "low": 0})
+    );
+    assert_eq!(doc["queues"][0]["lengths_exact"], true);
+
+    // A deleted undelivered entry no longer waits.
+    let next: Value = raw
+        .custom(
+            cmd!("XRANGE"),
+            vec![stream.as_str(), &format!("({last_read}"), "+", "COUNT", "1"],
+        )
+        .await
+        .unwrap();
+    let Value::Array(next) = next else { panic!() };
+    let Value::Array(entry) = &next[0] else {
+        panic!()
+    };
+    let id = entry[0].as_string().unwrap();
+    let _: i64 = raw.xdel(&stream, id.as_str()).await.unwrap();
+    assert_eq!(t.json(&["queues"])["queues"][0]["lengths"]["normal"], 3);
+    raw.quit().await.unwrap();
 }
