@@ -157,14 +157,17 @@ fn dechunk(body: &str) -> String {
     out
 }
 
-/// The suite's configuration file for the fleet: the short lease, outbound's HTTP timeout.
+/// The suite's configuration file for the fleet: the short lease, outbound's HTTP timeout, and
+/// retention that trims during the run.
 fn fleet_config() -> String {
     format!(
         "# Written by cargo xtask chaos: a short lease, so a frozen worker loses it within the run.\n\
          [outbound]\nrecipient_interval_ms = 1000\n\n\
          [outbound.http]\nrequest_timeout_ms = {}\n\n\
          [scheduler]\nmax_job_timeout = \"{}s\"\n\n\
-         [scheduler.stalled]\ninterval = \"1s\"\nlease = \"{}s\"\n",
+         [scheduler.stalled]\ninterval = \"1s\"\nlease = \"{}s\"\n\n\
+         # Retention trims acknowledged history during the run: queue counts must stay exact.\n\
+         [scheduler.retention]\ninterval = \"5s\"\nacked_max_age = \"30s\"\nacked_max_count = 20000\n",
         HTTP_TIMEOUT.as_millis(),
         LEASE.as_secs() - 1,
         LEASE.as_secs()

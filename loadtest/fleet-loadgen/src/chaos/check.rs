@@ -87,6 +87,8 @@ pub struct Duplicate {
     pub excused_by: Option<(String, u64)>,
     /// Why it is or is not excused.
     pub why: String,
+    /// The faults in progress, or begun, between its first and its last acceptance.
+    pub during: Vec<String>,
 }
 
 /// Sizes of the provider-to-record window, ms: from the provider's acceptance of a send to the
@@ -968,7 +970,27 @@ fn replies(
                 }
             }
         }
+        let (first_ms, last_ms) = (
+            copies[0].accepted_at_ms,
+            copies.last().map_or(0, |s| s.accepted_at_ms),
+        );
+        let during: Vec<String> = faults
+            .faults
+            .iter()
+            .filter(|f| f.at_ms <= last_ms && f.until_ms.unwrap_or(f.at_ms) >= first_ms)
+            .map(|f| {
+                format!(
+                    "{} {} (+{:.1}s..{})",
+                    f.kind,
+                    f.target,
+                    rel(f.at_ms),
+                    f.until_ms
+                        .map_or("not ended".to_owned(), |u| format!("+{:.1}s", rel(u)))
+                )
+            })
+            .collect();
         let dup = Duplicate {
+            during,
             key: (*key).to_owned(),
             recipient: copies[0].recipient.clone(),
             origin: row.map(|r| r.origin.clone()),
@@ -1020,6 +1042,25 @@ fn replies(
                 .map(|(o, n)| format!("{o} {n}"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        ));
+    }
+    let mut by_fault: BTreeMap<&str, usize> = BTreeMap::new();
+    for d in &violations {
+        if d.during.is_empty() {
+            *by_fault.entry("no fault").or_default() += 1;
+        }
+        for f in &d.during {
+            *by_fault.entry(f.as_str()).or_default() += 1;
+        }
+    }
+    if !by_fault.is_empty() {
+        details.push(format!(
+            "by the faults between the first and the last acceptance: {}",
+            by_fault
+                .iter()
+                .map(|(f, n)| format!("{f}: {n}"))
+                .collect::<Vec<_>>()
+                .join("; ")
         ));
     }
     if unkeyed > 0 {
