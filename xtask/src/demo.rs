@@ -154,7 +154,7 @@ impl Children {
 
 /// Processes of these process groups still alive (`pgrep -l -g`), zombies aside: an orphan that
 /// exited waits for init to reap it, which some container inits never do.
-fn alive_in_groups(groups: &[u32]) -> Vec<String> {
+pub(crate) fn alive_in_groups(groups: &[u32]) -> Vec<String> {
     if groups.is_empty() {
         return Vec::new();
     }
@@ -187,14 +187,14 @@ impl Drop for Children {
     }
 }
 
-fn signal_group(pgid: u32, signal: &str) {
+pub(crate) fn signal_group(pgid: u32, signal: &str) {
     let _ = Command::new("kill")
         .args([&format!("-{signal}"), "--", &format!("-{pgid}")])
         .stderr(Stdio::null())
         .status();
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let Ok(f) = File::open(path) else {
         return String::new();
     };
@@ -202,13 +202,13 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn free_port() -> Result<SocketAddr> {
+pub(crate) fn free_port() -> Result<SocketAddr> {
     // The port is free when we look; the short race with other programs is acceptable for a demo.
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// `GET path` on `addr`: the status code, or none when nothing answers.
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+pub(crate) fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
@@ -235,12 +235,12 @@ fn with_database(url: &str, db: &str) -> String {
 }
 
 /// Minimal RESP client to delete the demo's keys without any Redis tool installed.
-struct Resp {
+pub(crate) struct Resp {
     stream: BufReader<TcpStream>,
 }
 
 impl Resp {
-    fn connect(url: &str) -> Result<Resp> {
+    pub(crate) fn connect(url: &str) -> Result<Resp> {
         let rest = url.split_once("://").map_or(url, |(_, r)| r);
         let (auth, hostport) = rest
             .rsplit_once('@')
@@ -268,7 +268,7 @@ impl Resp {
         Ok(r)
     }
 
-    fn call(&mut self, args: &[&str]) -> Result<Vec<String>> {
+    pub(crate) fn call(&mut self, args: &[&str]) -> Result<Vec<String>> {
         let mut out = format!("*{}\r\n", args.len());
         for a in args {
             out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
@@ -351,7 +351,7 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)

@@ -1,11 +1,14 @@
 //! Fleet's task runner, so that nothing beyond cargo is needed: `cargo xtask <task>`.
 //!
-//! - `test`: makes sure Redis and Postgres answer (starting local ones), then runs every test;
+//! - `test`: makes sure Redis and Postgres answer (starting local ones), runs every test, then the
+//!   short chaos suite (skipped with `--skip-chaos` or `FLEET_SKIP_CHAOS=1`);
 //! - `demo`: runs the whole pipeline on local defaults and sends it a burst of webhooks;
 //! - `services`: only makes sure Redis and Postgres answer;
 //! - `bench`: the queue-core throughput benchmark beside `redis-benchmark`;
+//! - `chaos`: the chaos suite: the real binaries under faults, then the invariants (docs/chaos.md);
 //! - `ci`: what CI runs: formatting, lints, then `test`.
 
+mod chaos;
 mod demo;
 mod services;
 
@@ -23,8 +26,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Start Redis and Postgres if needed, then run every test of the workspace.
+    /// Start Redis and Postgres if needed, run every test of the workspace, then the short chaos
+    /// suite (not when test arguments filter the run).
     Test {
+        /// Skip the chaos suite (also `FLEET_SKIP_CHAOS=1`).
+        #[arg(long)]
+        skip_chaos: bool,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -35,6 +42,8 @@ enum Task {
     Services,
     /// Queue-core throughput beside redis-benchmark (see docs/PERFORMANCE.md).
     Bench,
+    /// The chaos suite: the real binaries under a seeded fault schedule, then the invariants.
+    Chaos(chaos::ChaosArgs),
     /// Formatting, lints and tests, as CI runs them.
     Ci,
 }
@@ -51,19 +60,29 @@ fn run(mut cmd: Command) -> Result<()> {
     Ok(())
 }
 
-fn test(args: &[String]) -> Result<()> {
+fn test(args: &[String], skip_chaos: bool) -> Result<()> {
     services::ensure_services()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--all-targets"]);
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
-    run(cmd)
+    run(cmd)?;
+    if skip_chaos || chaos::skipped_by_env() {
+        eprintln!("xtask: chaos suite skipped (--skip-chaos or FLEET_SKIP_CHAOS)");
+        return Ok(());
+    }
+    if !args.is_empty() {
+        eprintln!("xtask: chaos suite skipped (the tests were filtered)");
+        return Ok(());
+    }
+    chaos::run(chaos::ChaosArgs::short_default())
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
-        Task::Test { args } => test(&args),
+        Task::Test { args, skip_chaos } => test(&args, skip_chaos),
+        Task::Chaos(args) => chaos::run(args),
         Task::Demo(args) => {
             services::ensure_services()?;
             demo::run(args)
@@ -89,7 +108,7 @@ fn main() -> Result<()> {
                 "warnings",
             ]);
             run(clippy)?;
-            test(&[])
+            test(&[], false)
         }
     }
 }

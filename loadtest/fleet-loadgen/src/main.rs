@@ -37,6 +37,93 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The chaos suite's load: webhooks and send-API requests, each retried until accepted; writes
+    /// the ledger of what was accepted (run by `cargo xtask chaos`).
+    ChaosLoad(Box<ChaosLoadArgs>),
+    /// The chaos suite's invariant checker: waits for the fleet to drain, then judges the
+    /// invariants against the ledger, Postgres, Redis, fleetctl, the simulator and the fault log;
+    /// exits 1 when one is broken.
+    ChaosCheck(Box<ChaosCheckArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+struct ChaosLoadArgs {
+    /// Tenants file of the fleet.
+    #[arg(long, env = "FLEET_TENANTS")]
+    tenants: PathBuf,
+    /// Ingest base URL (loopback only); repeat for each ingest, tried in turn.
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
+    /// The base URL ingest believes it is (its `FLEET_PUBLIC_URL`), which Twilio signs.
+    #[arg(long)]
+    public_url: String,
+    /// Inbound messages per second.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// Seed of the traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Status events per inbound message.
+    #[arg(long, default_value_t = 0.1)]
+    status_share: f64,
+    /// Send-API requests per inbound message.
+    #[arg(long, default_value_t = 0.02)]
+    api_share: f64,
+    /// Share of webhooks that are redeliveries of an accepted one.
+    #[arg(long, default_value_t = 0.01)]
+    redelivery_share: f64,
+    /// Share of messages carrying a reply keyword.
+    #[arg(long, default_value_t = 0.02)]
+    keyword_share: f64,
+    /// Distinct contacts per tenant.
+    #[arg(long, default_value_t = 2000)]
+    contacts_per_tenant: usize,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 4096)]
+    max_in_flight: usize,
+    /// Seconds after the load after which a request still not accepted is given up.
+    #[arg(long, default_value_t = 60)]
+    give_up_secs: u64,
+    /// Where to write the ledger (JSON).
+    #[arg(long)]
+    ledger: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct ChaosCheckArgs {
+    /// The ledger written by `chaos-load`.
+    #[arg(long)]
+    ledger: PathBuf,
+    /// The fault log written by `cargo xtask chaos`.
+    #[arg(long)]
+    fault_log: Option<PathBuf>,
+    /// Postgres of the fleet.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Redis of the fleet.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    redis_url: String,
+    /// Key prefix of the fleet.
+    #[arg(long, env = "FLEET_KEY_PREFIX", default_value = "fleet")]
+    prefix: String,
+    /// Consumer group of the workers.
+    #[arg(long, default_value = fleet_queue::GROUP_DEFAULT)]
+    group: String,
+    /// The simulator's base URL.
+    #[arg(long)]
+    mock_url: String,
+    /// The fleetctl binary.
+    #[arg(long, default_value = "fleetctl")]
+    fleetctl: PathBuf,
+    /// Longest wait for the fleet to drain, seconds.
+    #[arg(long, default_value_t = 60)]
+    drain_secs: u64,
+    /// Where to write the report as JSON.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -118,6 +205,66 @@ fn real_main() -> Result<bool> {
             std::fs::write(&out, text)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             Ok(true)
+        }
+        Command::ChaosLoad(a) => {
+            let opts = fleet_loadgen::chaos::load::LoadOptions {
+                tenants_path: a.tenants,
+                targets: a.targets,
+                public_url: a.public_url,
+                rate: a.rate,
+                duration: std::time::Duration::try_from_secs_f64(a.duration)
+                    .context("--duration must be a positive number of seconds")?,
+                seed: a.seed,
+                status_share: a.status_share,
+                api_share: a.api_share,
+                redelivery_share: a.redelivery_share,
+                keyword_share: a.keyword_share,
+                contacts_per_tenant: a.contacts_per_tenant,
+                max_in_flight: a.max_in_flight.max(1),
+                give_up: std::time::Duration::from_secs(a.give_up_secs),
+                progress_every: std::time::Duration::from_secs(5),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let ledger = runtime.block_on(fleet_loadgen::chaos::load::run(opts))?;
+            let text = serde_json::to_vec(&ledger)?;
+            std::fs::write(&a.ledger, text)
+                .with_context(|| format!("cannot write {}", a.ledger.display()))?;
+            eprintln!(
+                "chaos-load: {} messages ({:.0}/s), {} status events, {} send-API requests accepted; {} abandoned, {} rejected; ledger {}",
+                ledger.messages.len(),
+                ledger.achieved_rate,
+                ledger.requests.statuses_accepted,
+                ledger.api.len(),
+                ledger.abandoned.len(),
+                ledger.rejected.len(),
+                a.ledger.display()
+            );
+            Ok(ledger.abandoned.is_empty() && ledger.rejected.is_empty())
+        }
+        Command::ChaosCheck(a) => {
+            let opts = fleet_loadgen::chaos::check::CheckOptions {
+                ledger: a.ledger,
+                fault_log: a.fault_log,
+                database_url: a.database_url,
+                redis_url: a.redis_url,
+                prefix: a.prefix,
+                group: a.group,
+                mock_url: a.mock_url,
+                fleetctl: a.fleetctl,
+                drain: std::time::Duration::from_secs(a.drain_secs),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(fleet_loadgen::chaos::check::run(&opts))?;
+            if let Some(path) = &a.report {
+                std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            print!("{}", fleet_loadgen::chaos::check::render(&report));
+            Ok(report.passed)
         }
         Command::Run(args) => {
             let case = match &args.case {

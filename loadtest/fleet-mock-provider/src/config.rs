@@ -139,6 +139,9 @@ pub enum Fault {
     Auth,
 }
 
+/// Default bound on the send log: a million accepted sends (about 200 MB at most).
+pub const MAX_SEND_LOG_DEFAULT: usize = 1_000_000;
+
 /// Everything the simulator can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -169,6 +172,14 @@ pub struct MockConfig {
     /// Bound on remembered idempotency keys and sender/recipient pairs, so memory stays bounded
     /// under any load; keys beyond it are not checked for duplicates (counted as `untracked`).
     pub max_tracked_keys: usize,
+    /// Wait out the latency *before* deciding a send: a provider slow to take a request, so a
+    /// client that hangs up first (its HTTP timeout) has sent nothing. By default the decision
+    /// comes first and only the answer is late: the message is sent even if nobody hears the
+    /// answer, and a client retrying after its timeout sends it twice.
+    pub hold_before_accept: bool,
+    /// Bound on the send log (`GET /sends`): accepted sends beyond it are not logged (counted as
+    /// `send_log_dropped`), so memory stays bounded under any load.
+    pub max_send_log: usize,
 }
 
 impl Default for MockConfig {
@@ -185,6 +196,8 @@ impl Default for MockConfig {
             meta_access_token: None,
             twilio_auth_token: None,
             max_tracked_keys: 2_000_000,
+            hold_before_accept: false,
+            max_send_log: MAX_SEND_LOG_DEFAULT,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, State as AxumState},
+    extract::{Path, Query, State as AxumState},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -16,7 +16,10 @@ use axum::{
 pub use config::{Fault, FaultRates, Latency, MockConfig};
 use serde::Deserialize;
 use state::{Inner, Parsed, Verdict};
-pub use state::{SenderStats, Stats};
+pub use state::{SendPage, SendRecord, SenderStats, Stats};
+
+/// Most records one `GET /sends` answers.
+pub const SENDS_PAGE_MAX: usize = 10_000;
 
 /// The simulator: shared state behind a router. Cheap to clone.
 #[derive(Clone)]
@@ -32,7 +35,8 @@ impl MockProvider {
         }
     }
 
-    /// The HTTP routes: both send APIs plus `/stats`, `/reset`, `/config`, `/faults`, `/healthz`.
+    /// The HTTP routes: both send APIs plus `/stats`, `/sends`, `/reset`, `/config`, `/faults`,
+    /// `/healthz`.
     pub fn router(&self) -> Router {
         Router::new()
             .route(
@@ -42,6 +46,7 @@ impl MockProvider {
             .route("/{phone_number_id}/messages", post(meta_unversioned))
             .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))
             .route("/stats", get(stats))
+            .route("/sends", get(sends))
             .route("/reset", post(reset))
             .route("/config", get(get_config).put(put_config))
             .route("/faults", post(push_faults))
@@ -54,7 +59,13 @@ impl MockProvider {
         self.inner.stats()
     }
 
-    /// Clears every counter, every remembered key and limiter, and the scripted faults.
+    /// Up to `limit` records of the send log from position `from` (in acceptance order).
+    pub fn sends(&self, from: u64, limit: usize) -> SendPage {
+        self.inner.sends(from, limit.min(SENDS_PAGE_MAX))
+    }
+
+    /// Clears every counter, every remembered key and limiter, the send log and the scripted
+    /// faults.
     pub fn reset(&self) {
         self.inner.reset();
     }
@@ -191,10 +202,9 @@ async fn meta(
         auth_ok,
         twilio: false,
     };
-    let (verdict, delay) = mock.inner.decide(&parsed);
-    tokio::time::sleep(delay).await;
+    let verdict = decide_and_wait(&mock, &parsed).await;
     match verdict {
-        Verdict::Delivered { message_id } => {
+        Verdict::Delivered { message_id, .. } => {
             let body = serde_json::json!({
                 "messaging_product": "whatsapp",
                 "contacts": [{"input": to, "wa_id": parsed.recipient}],
@@ -240,6 +250,21 @@ async fn meta(
         ),
         Verdict::Timeout => StatusCode::GATEWAY_TIMEOUT.into_response(),
     }
+}
+
+/// Holds the request first when so configured, decides it, waits out the answer's latency, and
+/// marks an accepted send answered. A client that hangs up drops this future: a held request is
+/// then never decided (nothing sent), a delayed answer is never marked answered.
+async fn decide_and_wait(mock: &MockProvider, parsed: &Parsed) -> Verdict {
+    if let Some(hold) = mock.inner.hold() {
+        tokio::time::sleep(hold).await;
+    }
+    let (verdict, delay) = mock.inner.decide(parsed);
+    tokio::time::sleep(delay).await;
+    if let Verdict::Delivered { seq: Some(seq), .. } = &verdict {
+        mock.inner.answered(*seq);
+    }
+    verdict
 }
 
 fn meta_error(
@@ -341,10 +366,9 @@ async fn twilio(
         auth_ok,
         twilio: true,
     };
-    let (verdict, delay) = mock.inner.decide(&parsed);
-    tokio::time::sleep(delay).await;
+    let verdict = decide_and_wait(&mock, &parsed).await;
     match verdict {
-        Verdict::Delivered { message_id } => {
+        Verdict::Delivered { message_id, .. } => {
             let body = serde_json::json!({
                 "sid": message_id,
                 "account_sid": sid,
@@ -447,6 +471,24 @@ fn idempotency_key(headers: &HeaderMap) -> Option<String> {
 
 async fn stats(AxumState(mock): AxumState<MockProvider>) -> Json<Stats> {
     Json(mock.stats())
+}
+
+/// Query of `GET /sends`.
+#[derive(Deserialize)]
+struct SendsQuery {
+    /// First position to list (default 0).
+    #[serde(default)]
+    from: u64,
+    /// Most records (default and cap [`SENDS_PAGE_MAX`]).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn sends(
+    AxumState(mock): AxumState<MockProvider>,
+    Query(q): Query<SendsQuery>,
+) -> Json<SendPage> {
+    Json(mock.sends(q.from, q.limit.unwrap_or(SENDS_PAGE_MAX)))
 }
 
 async fn reset(AxumState(mock): AxumState<MockProvider>) -> StatusCode {

@@ -11,7 +11,8 @@ use fleet_mock_provider::{FaultRates, Latency, MockConfig, MockProvider, SHUTDOW
 ///
 /// Routes: `POST /{version}/{phone_number_id}/messages` and `POST /{phone_number_id}/messages`
 /// (Meta), `POST /2010-04-01/Accounts/{sid}/Messages.json` (Twilio), `GET /stats`,
-/// `POST /reset`, `GET|PUT /config` (JSON), `POST /faults` (a JSON list of scripted answers,
+/// `GET /sends?from=N&limit=M` (the log of accepted sends: idempotency key, recipient, time,
+/// message id), `POST /reset`, `GET|PUT /config` (JSON), `POST /faults` (a JSON list of scripted answers,
 /// e.g. `[{"kind":"rate_limited","retry_after_secs":2},{"kind":"ok"}]`), `GET /healthz`.
 ///
 /// Example: point Fleet at it with `FLEET_META_API_BASE=http://127.0.0.1:9099/v23.0` and
@@ -65,6 +66,13 @@ struct Args {
     /// Bound on remembered keys for duplicate detection.
     #[arg(long, default_value_t = 2_000_000)]
     max_tracked_keys: usize,
+    /// Wait out the latency before deciding a send (a provider slow to take requests: a client
+    /// that times out first has sent nothing); by default only the answer is late.
+    #[arg(long)]
+    hold_before_accept: bool,
+    /// Bound on the send log of `GET /sends`.
+    #[arg(long, default_value_t = fleet_mock_provider::config::MAX_SEND_LOG_DEFAULT)]
+    max_send_log: usize,
 }
 
 #[tokio::main]
@@ -87,6 +95,8 @@ async fn main() -> anyhow::Result<()> {
         meta_access_token: args.meta_access_token,
         twilio_auth_token: args.twilio_auth_token,
         max_tracked_keys: args.max_tracked_keys,
+        hold_before_accept: args.hold_before_accept,
+        max_send_log: args.max_send_log,
     };
     if let Err(e) = config.validate() {
         eprintln!("fleet-mock-provider: {e}");

@@ -1,4 +1,5 @@
-//! The simulator's memory: counters, remembered keys and per-sender limiters, all bounded.
+//! The simulator's memory: counters, remembered keys, per-sender limiters and the send log, all
+//! bounded.
 //!
 //! One `std::sync::Mutex` guards it; every critical section is a few map operations and never
 //! awaits, so it is cheaper than an async lock at the request rates a load test reaches.
@@ -7,7 +8,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     hash::{Hash, Hasher},
     sync::{Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use rand::Rng;
@@ -34,9 +35,15 @@ pub(crate) struct Parsed {
 
 /// How the simulator answers one request.
 pub(crate) enum Verdict {
-    Delivered { message_id: String },
+    /// Accepted; `seq` is its place in the send log (none when the log is full).
+    Delivered {
+        message_id: String,
+        seq: Option<u64>,
+    },
     Auth,
-    RateLimited { retry_after_secs: Option<u64> },
+    RateLimited {
+        retry_after_secs: Option<u64>,
+    },
     SenderLimit,
     RecipientLimit,
     ServerError,
@@ -103,6 +110,46 @@ pub struct Stats {
     pub untracked: u64,
     /// Milliseconds since the simulator started or was reset.
     pub uptime_ms: u64,
+    /// Accepted sends in the send log (`GET /sends`).
+    pub send_log_len: u64,
+    /// Accepted sends not logged because `max_send_log` was reached.
+    pub send_log_dropped: u64,
+}
+
+/// One accepted send, as `GET /sends` lists it: enough to count duplicates by idempotency key and
+/// to line each send up with a fault log and the sender's own record.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SendRecord {
+    /// Place in the log, from 0, in the order the sends were accepted.
+    pub seq: u64,
+    /// The `Idempotency-Key` header (or Meta `biz_opaque_callback_data`); Fleet sends its job id.
+    pub key: Option<String>,
+    /// `meta` or `twilio`.
+    pub provider: &'static str,
+    /// Phone number id (Meta) or `From` (Twilio).
+    pub sender: String,
+    /// Recipient digits.
+    pub recipient: String,
+    /// Wall-clock time of the acceptance, Unix milliseconds.
+    pub accepted_at_ms: u64,
+    /// The provider message id answered.
+    pub message_id: String,
+    /// Whether the answer was handed to the connection; false when the client hung up before it
+    /// (it then never learned the message id), or while the answer is still being delayed.
+    pub answered: bool,
+}
+
+/// One page of the send log.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SendPage {
+    /// Records from the requested position, in order.
+    pub sends: Vec<SendRecord>,
+    /// Position to ask for next (`from`).
+    pub next: u64,
+    /// Records in the log.
+    pub total: u64,
+    /// Accepted sends not logged because the log was full.
+    pub dropped: u64,
 }
 
 struct Bucket {
@@ -119,6 +166,7 @@ struct State {
     buckets: HashMap<String, Bucket>,
     started: Instant,
     next_id: u64,
+    sends: Vec<SendRecord>,
 }
 
 pub(crate) struct Inner {
@@ -145,6 +193,7 @@ impl Inner {
                 buckets: HashMap::new(),
                 started: Instant::now(),
                 next_id: 0,
+                sends: Vec::new(),
             }),
         }
     }
@@ -158,7 +207,39 @@ impl Inner {
         let s = self.lock();
         let mut stats = s.stats.clone();
         stats.uptime_ms = s.started.elapsed().as_millis() as u64;
+        stats.send_log_len = s.sends.len() as u64;
         stats
+    }
+
+    /// Up to `limit` records of the send log from position `from`.
+    pub(crate) fn sends(&self, from: u64, limit: usize) -> SendPage {
+        let s = self.lock();
+        let start = usize::try_from(from)
+            .unwrap_or(usize::MAX)
+            .min(s.sends.len());
+        let end = start.saturating_add(limit).min(s.sends.len());
+        SendPage {
+            sends: s.sends[start..end].to_vec(),
+            next: end as u64,
+            total: s.sends.len() as u64,
+            dropped: s.stats.send_log_dropped,
+        }
+    }
+
+    /// Marks send `seq` as answered (its answer was handed to the connection).
+    pub(crate) fn answered(&self, seq: u64) {
+        let mut s = self.lock();
+        if let Some(r) = usize::try_from(seq).ok().and_then(|i| s.sends.get_mut(i)) {
+            r.answered = true;
+        }
+    }
+
+    /// How long to hold a request before deciding it, when the configuration says so.
+    pub(crate) fn hold(&self) -> Option<Duration> {
+        let s = self.lock();
+        s.config
+            .hold_before_accept
+            .then(|| s.config.latency.sample(&mut rand::rng()))
     }
 
     pub(crate) fn reset(&self) {
@@ -168,6 +249,7 @@ impl Inner {
         s.seen.clear();
         s.last_to_recipient.clear();
         s.buckets.clear();
+        s.sends.clear();
         s.started = Instant::now();
     }
 
@@ -196,7 +278,12 @@ impl Inner {
         let s = &mut *guard;
         let now = Instant::now();
         s.stats.requests += 1;
-        let latency = s.config.latency.sample(&mut rng);
+        // Held requests waited out their latency before the decision (`hold`).
+        let latency = if s.config.hold_before_accept {
+            Duration::ZERO
+        } else {
+            s.config.latency.sample(&mut rng)
+        };
         let hang = Duration::from_millis(s.config.timeout_hang_ms);
 
         // Bad credentials are refused before anything else, and do not use up a scripted fault.
@@ -346,6 +433,25 @@ impl Inner {
         } else {
             format!("wamid.MOCK{:016x}", s.next_id)
         };
-        (Verdict::Delivered { message_id }, latency)
+        let seq = if s.sends.len() < s.config.max_send_log {
+            let seq = s.sends.len() as u64;
+            s.sends.push(SendRecord {
+                seq,
+                key: req.key.clone(),
+                provider: if req.twilio { "twilio" } else { "meta" },
+                sender: req.sender.clone(),
+                recipient: req.recipient.clone(),
+                accepted_at_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                message_id: message_id.clone(),
+                answered: false,
+            });
+            Some(seq)
+        } else {
+            s.stats.send_log_dropped += 1;
+            None
+        };
+        (Verdict::Delivered { message_id, seq }, latency)
     }
 }
