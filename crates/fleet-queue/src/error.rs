@@ -85,6 +85,8 @@ fn is_connection_lost(details: &str) -> bool {
         "broken pipe",
         "connection refused",
         "too many failed write attempts",
+        // A command caught between a dropped connection and its replacement (seen under load).
+        "failed to route command",
     ]
     .iter()
     .any(|mark| details.contains(mark))
@@ -121,6 +123,7 @@ mod tests {
             .is_unavailable()
         );
         assert!(reply(ErrorKind::IO, "anything").is_unavailable());
+        assert!(reply(ErrorKind::Unknown, "Failed to route command.").is_unavailable());
     }
 
     #[test]

@@ -104,21 +104,26 @@ impl PrivateRedis {
                 "--save",
                 "",
             ])
-            .args(["--dir", dir.to_str().unwrap()])
+            .args(["--dir", dir.to_str().unwrap(), "--logfile", "redis.log"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let r = PrivateRedis { port, dir, child };
-        let client = r.client().await;
+        let mut r = PrivateRedis { port, dir, child };
+        // Ready once it accepts connections; a server that exited says why in its log. Polled, with
+        // a bound, because nothing tells a test when another process starts listening.
         for _ in 0..500 {
-            if client.ping::<String>(None).await.is_ok() {
+            if let Some(status) = r.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(r.dir.join("redis.log")).unwrap_or_default();
+                panic!("private redis-server exited ({status}): {log}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", r.port)).is_ok() {
                 return Some(r);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("private redis-server did not start");
+        panic!("private redis-server did not listen within 10 s");
     }
 
     fn url(&self) -> String {
@@ -129,7 +134,8 @@ impl PrivateRedis {
         let c = Builder::from_config(Config::from_url(&self.url()).unwrap())
             .build()
             .unwrap();
-        c.init().await.ok();
+        // `init` fails at once (no reconnect policy) rather than leaving commands queued forever.
+        c.init().await.expect("connect to the private redis-server");
         c
     }
 }
