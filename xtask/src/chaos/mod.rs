@@ -36,6 +36,9 @@ use crate::demo::{free_port, http_status, workspace_root};
 
 /// The stalled-entry lease the suite configures (short, so a frozen worker loses it quickly).
 const LEASE: Duration = Duration::from_secs(5);
+/// Outbound's wait before resending a job whose earlier holder may have sent it (`in_doubt_wait_ms`):
+/// past the longest freeze (twice the lease), short enough for the drain to see the resend.
+const IN_DOUBT_WAIT: Duration = Duration::from_secs(20);
 /// Outbound's HTTP timeout in the suite; the slow provider holds requests longer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the slow provider holds each request.
@@ -162,12 +165,17 @@ fn dechunk(body: &str) -> String {
 fn fleet_config() -> String {
     format!(
         "# Written by cargo xtask chaos: a short lease, so a frozen worker loses it within the run.\n\
-         [outbound]\nrecipient_interval_ms = 1000\n\n\
+         [outbound]\nrecipient_interval_ms = 1000\n\
+         # A send in doubt (its holder killed between the provider's answer and its record) is\n\
+         # retried after this; longer than a freeze (twice the lease), so a frozen sender that\n\
+         # resumes is never overtaken by a second send of its job.\n\
+         in_doubt_wait_ms = {}\n\n\
          [outbound.http]\nrequest_timeout_ms = {}\n\n\
          [scheduler]\nmax_job_timeout = \"{}s\"\n\n\
          [scheduler.stalled]\ninterval = \"1s\"\nlease = \"{}s\"\n\n\
          # Retention trims acknowledged history during the run: queue counts must stay exact.\n\
          [scheduler.retention]\ninterval = \"5s\"\nacked_max_age = \"30s\"\nacked_max_count = 20000\n",
+        IN_DOUBT_WAIT.as_millis(),
         HTTP_TIMEOUT.as_millis(),
         LEASE.as_secs() - 1,
         LEASE.as_secs()
