@@ -5,6 +5,7 @@
 cleanup() {
   [[ -n ${ingest_pid:-} ]] && kill "$ingest_pid" 2>/dev/null && wait "$ingest_pid" 2>/dev/null
   redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  redis-cli -p $((port + 100)) shutdown nosave >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -16,12 +17,24 @@ wait_for() {
   return 1
 }
 
-# Starts Redis on $port with AOF `appendfsync everysec` (BENCH_AOF=no: without AOF), the durable
-# setting, and Redis's latency monitor recording every event over 2 ms.
+# Starts Redis on $port with AOF `appendfsync everysec` (BENCH_AOF=no: without AOF;
+# BENCH_FSYNC=always: fsync before every answer), and Redis's latency monitor recording every event
+# over 2 ms. BENCH_REPLICA=1 also starts a replica of it on $port + 100 (same persistence) and
+# points ingest at a config file with `[ingest] durability = "replicas"` (FLEET_CONFIG), so every
+# group commit waits for the replica (`WAIT 1`).
 start_redis() {
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$work" --save "" \
-    --appendonly "${BENCH_AOF:-yes}" --appendfsync everysec --daemonize yes \
+  local persistence=(--save "" --appendonly "${BENCH_AOF:-yes}" --appendfsync "${BENCH_FSYNC:-everysec}")
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$work" "${persistence[@]}" --daemonize yes \
     --logfile "$work/redis.log"
   wait_for redis-cli -p "$port" ping
   redis-cli -p "$port" config set latency-monitor-threshold 2 >/dev/null
+  if [[ ${BENCH_REPLICA:-} == 1 ]]; then
+    mkdir -p "$work/replica"
+    redis-server --port $((port + 100)) --bind 127.0.0.1 --dir "$work/replica" "${persistence[@]}" \
+      --replicaof 127.0.0.1 "$port" --daemonize yes --logfile "$work/replica/redis.log"
+    wait_for sh -c "redis-cli -p $((port + 100)) info replication | grep -q master_link_status:up"
+    printf '[ingest]\ndurability = "replicas"\nwait_replicas = 1\n' >"$work/fleet.toml"
+    export FLEET_CONFIG=$work/fleet.toml
+  fi
+  echo "redis: appendonly ${BENCH_AOF:-yes}, appendfsync ${BENCH_FSYNC:-everysec}, replica: ${BENCH_REPLICA:-0}"
 }
