@@ -192,3 +192,84 @@ async fn a_worker_that_keeps_failing_is_restarted_a_bounded_number_of_times_then
     }
     h.cleanup().await;
 }
+
+/// A TCP proxy to the test Redis that can be cut (every connection dropped, the port closed) and
+/// restored on the same port: Redis going away under a running process.
+struct RedisProxy {
+    addr: std::net::SocketAddr,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl RedisProxy {
+    async fn start(addr: std::net::SocketAddr) -> RedisProxy {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
+        let conns = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut redis) = tokio::net::TcpStream::connect("127.0.0.1:6379").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut redis).await;
+                    }
+                });
+                conns.lock().unwrap().push(conn);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        RedisProxy { addr, tasks }
+    }
+
+    fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Issue 13, item 11: a read or settle that fails because Redis is away used to end the worker,
+/// and after `RESTARTS_MAX` restarts the process stopped. Now every worker waits the outage out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_never_ends_a_worker_and_work_resumes_after_it() {
+    let h = Harness::new().await;
+    let proxy = RedisProxy::start("127.0.0.1:0".parse().unwrap()).await;
+    let through_proxy =
+        fleet_queue::Broker::connect(&format!("redis://{}", proxy.addr), h.broker.prefix())
+            .await
+            .unwrap();
+    let shutdown = Shutdown::new();
+    let mut run = tokio::spawn(fleet_prospects::run(
+        Harness::config(10),
+        through_proxy,
+        h.store().clone(),
+        h.tenants.clone(),
+        shutdown.clone(),
+    ));
+    h.enqueue(&[msg("plain", "c1", "m1", 1_700_000_000, "ok")])
+        .await;
+    eventually("the first message written", || async {
+        h.totals().await.0 == 1
+    })
+    .await;
+
+    // Redis is gone for the workers (the test's own connection still reaches it). The outage is
+    // long enough for far more than `RESTARTS_MAX` failed reads; `run` must not end meanwhile.
+    proxy.cut();
+    h.enqueue(&[msg("plain", "c2", "m2", 1_700_000_001, "ok")])
+        .await;
+    let during = tokio::time::timeout(Duration::from_secs(3), &mut run).await;
+    assert!(during.is_err(), "run ended during a Redis outage: {during:?}");
+    assert!(!shutdown.is_cancelled(), "nothing asked the process to stop");
+
+    // Back on the same port: the workers reconnect and take the message sent meanwhile.
+    let _back = RedisProxy::start(proxy.addr).await;
+    eventually("the message sent during the outage written", || async {
+        h.totals().await.0 == 2
+    })
+    .await;
+    assert!(!run.is_finished(), "run is still running");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    h.cleanup().await;
+}
