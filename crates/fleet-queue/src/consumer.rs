@@ -358,7 +358,16 @@ impl Consumer {
                 break;
             }
             let read_at = Instant::now();
-            let more = self.read_blocking(size - batch_entries.len(), left).await?;
+            // The entries in hand are held (their leases renewed until settled): an error here
+            // must not drop them, or they would stay pending under a live holder and never be
+            // reclaimed. Hand out what was read; the next read meets the error again.
+            let more = match self.read_blocking(size - batch_entries.len(), left).await {
+                Ok(more) => more,
+                Err(e) => {
+                    tracing::debug!(queue = %self.queue.name, error = %e, "linger read failed; handing out the batch read so far");
+                    break;
+                }
+            };
             if more.is_empty() {
                 break;
             }
@@ -393,6 +402,7 @@ impl Consumer {
             return Ok(None);
         }
         let mut out = Vec::new();
+        let mut failed: Option<crate::Error> = None;
         // Streams that answered less than asked are empty for now: not asked again this call.
         let mut drained = [false; 3];
         if let PriorityMode::Weighted { .. } = self.options.mode {
@@ -404,31 +414,49 @@ impl Consumer {
                     .custom_raw(xreadgroup_cmd(), self.read_args(p, quotas[p.index()]))
             };
             // Boxed: three command futures side by side would make every caller's future large.
-            let replies = Box::pin(futures::future::try_join3(
+            // Not `try_join`: entries one read delivered are pending under this consumer whatever
+            // happened to the others, and must reach the caller (which holds them) rather than
+            // wait out a lease.
+            let replies = Box::pin(futures::future::join3(
                 read(Priority::High),
                 read(Priority::Normal),
                 read(Priority::Low),
             ))
-            .await?;
+            .await;
             let replies = [replies.0, replies.1, replies.2];
             for (p, reply) in Priority::ALL.into_iter().zip(replies) {
-                let got = parse_read_frame(reply, self.queue.keys.streams())?;
-                drained[p.index()] = got.len() < quotas[p.index()];
-                out.extend(got);
+                match reply {
+                    Ok(reply) => {
+                        let got = parse_read_frame(reply, self.queue.keys.streams())?;
+                        drained[p.index()] = got.len() < quotas[p.index()];
+                        out.extend(got);
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e.into());
+                    }
+                }
             }
         }
         // Fill what is left, highest priority first (strict mode: the whole batch).
         for p in Priority::ALL {
-            if out.len() >= size || drained[p.index()] {
+            if failed.is_some() || out.len() >= size || drained[p.index()] {
                 continue;
             }
-            let reply = self
+            match self
                 .blocking
                 .custom_raw(xreadgroup_cmd(), self.read_args(p, size - out.len()))
-                .await?;
-            out.extend(parse_read_frame(reply, self.queue.keys.streams())?);
+                .await
+            {
+                Ok(reply) => out.extend(parse_read_frame(reply, self.queue.keys.streams())?),
+                Err(e) => failed = Some(e.into()),
+            }
         }
-        Ok(Some(out))
+        match failed {
+            // Nothing delivered: the error is the answer.
+            Some(e) if out.is_empty() => Err(e),
+            // Some reads delivered: hand those out; the next read meets the error again.
+            _ => Ok(Some(out)),
+        }
     }
 
     fn read_args(&self, p: Priority, count: usize) -> Vec<Value> {
@@ -492,7 +520,8 @@ impl Consumer {
         parse_read_frame(reply, self.queue.keys.streams())
     }
 
-    /// Turns raw entries into deliveries, dead-lettering the ones that are not valid jobs.
+    /// Turns raw entries into deliveries, dead-lettering the ones that are not valid jobs. Never
+    /// fails: the entries are held, and an error would drop the valid ones with the batch.
     async fn settle_poison(&self, raw: Vec<RawDelivery>) -> Result<Vec<Delivery>> {
         let mut out = Vec::with_capacity(raw.len());
         for (priority, (stream_id, fields)) in raw {
@@ -514,9 +543,19 @@ impl Consumer {
                         fields_out.push(Value::Bytes(k.clone()));
                         fields_out.push(Value::Bytes(v.clone()));
                     }
-                    self.settler
+                    // Failing here must not drop the valid entries of the batch (they are held).
+                    // The poison entry is let go instead: pending under no live holder, the
+                    // scheduler's stalled recovery dead-letters it after the lease.
+                    if let Err(e) = self
+                        .settler
                         .dead_letter_raw(priority, &stream_id, "poison", &why, fields_out)
-                        .await?;
+                        .await
+                    {
+                        tracing::warn!(queue = %self.queue.name, stream_id, error = %e, "cannot dead-letter a poison entry now; stalled recovery will");
+                        self.settler
+                            .leases
+                            .release(std::iter::once((priority, stream_id.as_str())));
+                    }
                 }
             }
         }

@@ -217,3 +217,92 @@ async fn a_retry_is_due_on_the_redis_clock() {
     );
     let _ = client.quit().await;
 }
+
+/// A TCP proxy to the test Redis whose connections can all be cut at once.
+struct CutProxy {
+    addr: std::net::SocketAddr,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl CutProxy {
+    async fn start() -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
+        let conns = tasks.clone();
+        let redis = crate::support::redis_url();
+        let upstream = redis.trim_start_matches("redis://").to_owned();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut redis) = tokio::net::TcpStream::connect(upstream.as_str()).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut redis).await;
+                    }
+                });
+                conns.lock().unwrap().push(conn);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        CutProxy { addr, tasks }
+    }
+
+    fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Found by the chaos suite: a consumer that had read entries and was lingering for more when
+/// Redis went away returned the error and dropped the entries it held. Its heartbeat kept renewing
+/// them, so they stayed pending forever: never handled, never reclaimed. Entries in hand are now
+/// handed out whatever the linger read meets.
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_read_before_redis_goes_away_are_handed_out_not_held_forever() {
+    let t = TestQueue::new().await;
+    let proxy = CutProxy::start().await;
+    let through_proxy =
+        fleet_queue::Broker::connect(&format!("redis://{}", proxy.addr), t.broker.prefix())
+            .await
+            .unwrap();
+    let mut o = fleet_queue::ConsumerOptions::new("test");
+    o.batch_size = 10;
+    o.linger = Duration::from_secs(30);
+    o.block = Duration::from_secs(1);
+    let mut c = through_proxy.queue("jobs").consumer(o).await.unwrap();
+    t.queue
+        .enqueue(&1u8, &EnqueueOptions::default())
+        .await
+        .unwrap();
+    let batch = tokio::spawn(async move { (c.next_batch().await, c) });
+    // Once the entry is pending, the consumer has read it and lingers for more.
+    let client = t.broker_client().await;
+    for _ in 0..500 {
+        let summary: Value = client
+            .custom(
+                fred::cmd!("XPENDING"),
+                vec![
+                    t.queue.keys().stream(Priority::Normal).to_owned(),
+                    GROUP_DEFAULT.to_owned(),
+                ],
+            )
+            .await
+            .unwrap();
+        if let Value::Array(fields) = &summary
+            && fields.first().and_then(Value::as_u64) == Some(1)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    let (read, _c) = tokio::time::timeout(Duration::from_secs(20), batch)
+        .await
+        .expect("next_batch returns once the connection is gone")
+        .unwrap();
+    let read = read.expect("the entry read before the cut is handed out, not dropped");
+    assert_eq!(read.len(), 1);
+    let _ = client.quit().await;
+}
