@@ -249,8 +249,19 @@ const CASES: [&str; 6] = [
 
 #[tokio::main]
 async fn main() {
-    let n = env_usize("BENCH_MESSAGES", 200_000);
-    let rounds = env_usize("BENCH_ROUNDS", 3).max(1);
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it: then
+    // one round of 1,000 messages checks that every case still works, without timing anything.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let n = if smoke {
+        1_000
+    } else {
+        env_usize("BENCH_MESSAGES", 200_000)
+    };
+    let rounds = if smoke {
+        1
+    } else {
+        env_usize("BENCH_ROUNDS", 3).max(1)
+    };
     // `BENCH_CASES=0,4,5` runs only those cases (numbered as in `CASES`); the plain loop (0) is
     // always run, as the reference.
     let only: Option<Vec<usize>> = std::env::var("BENCH_CASES")

@@ -139,10 +139,17 @@ async fn report(
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("BENCH_MESSAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it: then
+    // a smoke run of 1,000 messages checks that every case still works, without timing anything.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let n: usize = if smoke {
+        1_000
+    } else {
+        std::env::var("BENCH_MESSAGES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200_000)
+    };
     let prefix = format!("bench-{}", std::process::id());
     let broker = Broker::connect(&redis_url(), &prefix)
         .await
