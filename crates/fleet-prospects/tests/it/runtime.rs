@@ -259,8 +259,14 @@ async fn a_redis_outage_never_ends_a_worker_and_work_resumes_after_it() {
     h.enqueue(&[msg("plain", "c2", "m2", 1_700_000_001, "ok")])
         .await;
     let during = tokio::time::timeout(Duration::from_secs(3), &mut run).await;
-    assert!(during.is_err(), "run ended during a Redis outage: {during:?}");
-    assert!(!shutdown.is_cancelled(), "nothing asked the process to stop");
+    assert!(
+        during.is_err(),
+        "run ended during a Redis outage: {during:?}"
+    );
+    assert!(
+        !shutdown.is_cancelled(),
+        "nothing asked the process to stop"
+    );
 
     // Back on the same port: the workers reconnect and take the message sent meanwhile.
     let _back = RedisProxy::start(proxy.addr).await;
