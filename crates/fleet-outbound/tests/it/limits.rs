@@ -160,13 +160,18 @@ async fn the_recipient_limit_spaces_one_recipient_without_holding_the_sender() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_workers_never_exceed_the_sender_rate_at_the_provider() {
-    // End to end, in wall time: three workers share one number limited to 100/s; the simulator
-    // counts (without refusing) messages over 100/s beyond one second's burst, as a per-second
-    // provider limit does (a job handed back late by a stalled process uses its slot late, so a
-    // stall bunches sends; slots are never used early). Only the upper bound is
-    // asserted, which holds however slow the machine is (slots are never used early); the ±5%
-    // accuracy is asserted over simulated time above.
+async fn three_workers_never_use_a_sender_slot_early() {
+    // End to end, in wall time: three workers share one number limited to 100/s with a burst of
+    // one. The limiter hands out slots 10 ms apart from the moment of the first reservation, and
+    // a slot is never used before its time. So whatever the machine does, by any instant `t` the
+    // provider has accepted at most `1 + 100 × (t − start)` messages, where `start` is any time
+    // before the first reservation. That cumulative bound is what is asserted, against the
+    // simulator's own log of acceptance times.
+    //
+    // Not asserted: the simulator's per-second window count. A job handed back late (a process
+    // frozen by a loaded machine) uses its slot late and then goes out next to the on-time ones,
+    // so a stall of more than a second bunches sends; that depends on the machine, not on the
+    // limiter. The per-window accuracy (±5%) is asserted over simulated time above.
     let mock = MockConfig {
         sender_rate: Some(100.0),
         sender_burst: Some(100.0),
@@ -174,6 +179,9 @@ async fn three_workers_never_exceed_the_sender_rate_at_the_provider() {
         ..MockConfig::default()
     };
     let mut env = TestEnv::with_rate(mock, 100).await;
+    // The limiter reads the Redis server's clock; the simulator stamps with this machine's
+    // clock, the same one on one host. Read before any worker can reserve a slot.
+    let start_ms = fleet_queue::now_ms();
     for _ in 0..3 {
         env.start(env.config());
     }
@@ -198,19 +206,32 @@ async fn three_workers_never_exceed_the_sender_rate_at_the_provider() {
     .await;
     promoter.abort();
     let stats = env.mock.provider.stats();
-    let sender = &stats.senders["1001"];
     assert_eq!(stats.deliveries, count);
     assert_eq!(stats.duplicates, 0);
+
+    let page = env.mock.provider.sends(0, 1_000);
     assert_eq!(
-        stats.sender_violations, 0,
-        "the provider saw more than its rate"
+        page.sends.len() as u64,
+        count,
+        "the send log holds every send"
     );
-    let span_s =
-        (sender.last_delivery_ms.unwrap() - sender.first_delivery_ms.unwrap()) as f64 / 1000.0;
-    let rate = (count - 1) as f64 / span_s;
-    assert!(
-        rate <= 105.0,
-        "{rate:.1}/s over {span_s:.2} s exceeds 100/s + 5%"
+    let mut accepted: Vec<u64> = page.sends.iter().map(|s| s.accepted_at_ms).collect();
+    accepted.sort_unstable();
+    for (i, at_ms) in accepted.iter().enumerate() {
+        // Stamps are whole milliseconds, truncated: allow one millisecond (0.1 slot) and one slot
+        // for the two clocks being read at different moments.
+        let allowed = 1.0 + 100.0 * (at_ms.saturating_sub(start_ms) + 1) as f64 / 1000.0 + 1.0;
+        assert!(
+            (i + 1) as f64 <= allowed,
+            "send {} went out {} ms after the start, before its slot (at most {allowed:.1} by then)",
+            i + 1,
+            at_ms.saturating_sub(start_ms)
+        );
+    }
+    // Bunching after a stall is visible here when it happens; it is reported, not failed on.
+    eprintln!(
+        "sends over the provider's per-second window (machine stalls): {}",
+        stats.sender_violations
     );
     env.stop().await;
 }
