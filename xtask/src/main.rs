@@ -1,16 +1,20 @@
 //! Fleet's task runner, so that nothing beyond cargo is needed: `cargo xtask <task>`.
 //!
-//! - `test`: makes sure Redis and Postgres answer (starting local ones), runs every test, then the
-//!   short chaos suite (skipped with `--skip-chaos` or `FLEET_SKIP_CHAOS=1`);
+//! - `test`: checks the architecture invariants (`tidy`), makes sure Redis and Postgres answer
+//!   (starting local ones), runs every test, then the short chaos suite (skipped with
+//!   `--skip-chaos` or `FLEET_SKIP_CHAOS=1`);
 //! - `demo`: runs the whole pipeline on local defaults and sends it a burst of webhooks;
 //! - `services`: only makes sure Redis and Postgres answer;
 //! - `bench`: the queue-core throughput benchmark beside `redis-benchmark`;
 //! - `chaos`: the chaos suite: the real binaries under faults, then the invariants (docs/chaos.md);
+//! - `tidy`: the architecture invariants (crate layering, SQL only in fleet-store, Redis keys and
+//!   Lua only in fleet-queue, a `//!` line atop every file); `test` runs it first;
 //! - `ci`: what CI runs: formatting, lints, then `test`.
 
 mod chaos;
 mod demo;
 mod services;
+mod tidy;
 
 use std::process::Command;
 
@@ -44,6 +48,8 @@ enum Task {
     Bench,
     /// The chaos suite: the real binaries under a seeded fault schedule, then the invariants.
     Chaos(chaos::ChaosArgs),
+    /// Check the architecture invariants of ARCHITECTURE.md (also the first step of `test`).
+    Tidy,
     /// Formatting, lints and tests, as CI runs them.
     Ci,
 }
@@ -61,6 +67,7 @@ fn run(mut cmd: Command) -> Result<()> {
 }
 
 fn test(args: &[String], skip_chaos: bool) -> Result<()> {
+    tidy::run()?;
     services::ensure_services()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--all-targets"]);
@@ -88,6 +95,7 @@ fn main() -> Result<()> {
             demo::run(args)
         }
         Task::Services => services::ensure_services(),
+        Task::Tidy => tidy::run(),
         Task::Bench => {
             services::ensure_services()?;
             let mut cmd = cargo();

@@ -67,7 +67,10 @@ accepted_after=$(accepted)
 
 n=$((accepted_after - accepted_before))
 [[ -n ${BENCH_COMMANDSTATS:-} ]] && redis-cli -p "$port" info commandstats | grep -v "^#"
-xlen=$(redis-cli -p "$port" xlen 'bench:{inbound}:normal')
+# Entries on every stream of this dedicated Redis: only ingest writes to it, and the key names are
+# fleet-queue's to know.
+xlen=$(redis-cli -p "$port" --scan --type stream |
+  while read -r key; do redis-cli -p "$port" xlen "$key"; done | awk '{s += $1} END {print s + 0}')
 hwm=$(awk '/^VmHWM/ {print $2 " " $3}' "/proc/$ingest_pid/status")
 awk -v n="$n" -v i0="$ingest_before" -v i1="$ingest_after" -v r0="$redis_before" -v r1="$redis_after" \
   -v xlen="$xlen" -v hwm="$hwm" -v rpid="$redis_pid" 'BEGIN {

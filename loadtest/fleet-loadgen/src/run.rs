@@ -18,10 +18,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use fleet_store::{PoolOptions, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::Serialize;
-use sqlx::{PgPool, Row, postgres::PgPoolOptions};
 use tokio::sync::Semaphore;
 
 use crate::{
@@ -350,12 +350,12 @@ mod fleet_queue_name {
 
 /// Polls Postgres for the rows of pending samples until told to stop and nothing is pending,
 /// or until `deadline`.
-async fn e2e_sampler(shared: Arc<Shared>, pool: PgPool, deadline: Instant) {
+async fn e2e_sampler(shared: Arc<Shared>, pool: Store, deadline: Instant) {
     let mut interval = tokio::time::interval(E2E_POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while Instant::now() < deadline {
         interval.tick().await;
-        let keys: Vec<((String, String), f64)> = {
+        let asked: Vec<(String, String)> = {
             let p = shared.pending.lock().expect("pending lock");
             if p.is_empty() {
                 if shared.stop_sampling.load(Ordering::Relaxed) {
@@ -363,29 +363,17 @@ async fn e2e_sampler(shared: Arc<Shared>, pool: PgPool, deadline: Instant) {
                 }
                 continue;
             }
-            p.iter()
-                .take(LOOKUP_CHUNK)
-                .map(|(k, v)| (k.clone(), *v))
-                .collect()
+            p.keys().take(LOOKUP_CHUNK).cloned().collect()
         };
         // The row was committed before this query's snapshot: the poll start bounds it.
         let polled_at = shared.since_start(Instant::now());
-        let tenants: Vec<&str> = keys.iter().map(|((t, _), _)| t.as_str()).collect();
-        let ids: Vec<&str> = keys.iter().map(|((_, i), _)| i.as_str()).collect();
-        let rows = sqlx::query(
-            "SELECT tenant, provider_message_id FROM messages \
-             WHERE (tenant, provider_message_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-        )
-        .bind(&tenants)
-        .bind(&ids)
-        .fetch_all(&pool)
-        .await;
-        let Ok(rows) = rows else { continue };
+        let Ok(rows) = pool.audit_stored_inbound(&asked).await else {
+            continue;
+        };
         let mut found = Vec::with_capacity(rows.len());
         {
             let mut p = shared.pending.lock().expect("pending lock");
-            for row in rows {
-                let key: (String, String) = (row.get(0), row.get(1));
+            for key in rows {
                 if let Some(t) = p.remove(&key) {
                     found.push(t);
                 }
@@ -426,14 +414,20 @@ pub async fn run(opts: RunOptions) -> Result<RunResult> {
         .tcp_nodelay(true)
         .build()?;
     let pool = match &opts.target.database_url {
-        Some(url) => Some(
-            PgPoolOptions::new()
-                .max_connections(4)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
-                .await
-                .context("cannot connect to Postgres")?,
-        ),
+        Some(url) => Some({
+            let store = Store::connect(
+                url,
+                &PoolOptions {
+                    max_connections: 4,
+                    acquire_timeout: Duration::from_secs(10),
+                    application_name: "fleet-loadgen".into(),
+                    ..PoolOptions::default()
+                },
+            )
+            .context("bad Postgres URL")?;
+            store.ping().await.context("cannot connect to Postgres")?;
+            store
+        }),
         None => None,
     };
     let broker = match &opts.target.redis_url {
@@ -1150,69 +1144,24 @@ fn judge_step(case: &Case, shared: &Shared, idx: usize, steps: &[(u64, f64)]) ->
 }
 
 /// Inbound message rows and status rows of this run, per tenant.
-async fn count_rows(pool: &PgPool, patterns: &[String]) -> Result<HashMap<String, (u64, u64)>> {
-    let mut out: HashMap<String, (u64, u64)> = HashMap::new();
-    let rows = sqlx::query(
-        "SELECT tenant, count(*) FROM messages WHERE direction = 'in' \
-         AND provider_message_id LIKE ANY($1) GROUP BY tenant",
-    )
-    .bind(patterns)
-    .fetch_all(pool)
-    .await?;
-    for r in rows {
-        out.entry(r.get(0)).or_default().0 = r.get::<i64, _>(1) as u64;
-    }
-    let rows = sqlx::query(
-        "SELECT tenant, count(*) FROM message_status WHERE provider_message_id LIKE ANY($1) GROUP BY tenant",
-    )
-    .bind(patterns)
-    .fetch_all(pool)
-    .await?;
-    for r in rows {
-        out.entry(r.get(0)).or_default().1 = r.get::<i64, _>(1) as u64;
-    }
-    Ok(out)
+async fn count_rows(pool: &Store, patterns: &[String]) -> Result<HashMap<String, (u64, u64)>> {
+    Ok(pool.audit_rows_per_tenant(patterns).await?)
 }
 
 /// Welcome replies sent to this run's contacts: tenant, recipient, epoch seconds recorded.
 async fn welcome_reply_times(
-    pool: &PgPool,
+    pool: &Store,
     contact_pattern: &str,
 ) -> Result<Vec<(String, String, f64)>> {
-    let rows = sqlx::query(
-        "SELECT tenant, recipient, extract(epoch FROM created_at)::float8 FROM outbound_messages \
-         WHERE origin = 'auto:welcome' AND state = 'sent' AND recipient LIKE $1",
-    )
-    .bind(contact_pattern)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
+    Ok(pool.audit_welcome_replies(contact_pattern).await?)
 }
 
 /// Prospects of this run's contacts and the sum of their message counts, per tenant.
 async fn count_prospects(
-    pool: &PgPool,
+    pool: &Store,
     contact_pattern: &str,
 ) -> Result<HashMap<String, (u64, u64)>> {
-    let rows = sqlx::query(
-        "SELECT tenant, count(*), coalesce(sum(message_count), 0)::bigint FROM prospects \
-         WHERE contact LIKE $1 GROUP BY tenant",
-    )
-    .bind(contact_pattern)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            (
-                r.get::<String, _>(0),
-                (r.get::<i64, _>(1) as u64, r.get::<i64, _>(2) as u64),
-            )
-        })
-        .collect())
+    Ok(pool.audit_prospects_per_tenant(contact_pattern).await?)
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use fleet_store::{PoolOptions, Store, audit::OutboundAudit as OutboundRow};
 use fred::{cmd, prelude::*, types::Value};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Row, postgres::PgPoolOptions};
 
 use super::{FaultLog, Ledger, status_rank};
 
@@ -192,14 +192,6 @@ struct SendPage {
     next: u64,
     total: u64,
     dropped: u64,
-}
-
-/// An `outbound_messages` row.
-struct OutboundRow {
-    state: String,
-    origin: String,
-    provider_message_id: Option<String>,
-    updated_ms: i64,
 }
 
 fn text_of(v: &Value) -> Option<String> {
@@ -413,12 +405,18 @@ pub async fn run(opts: &CheckOptions) -> Result<Report> {
         .context("the fault log is not valid JSON")?,
         None => FaultLog::default(),
     };
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(&opts.database_url)
-        .await
-        .context("cannot connect to Postgres")?;
+    let pool = Store::connect(
+        &opts.database_url,
+        &PoolOptions {
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(10),
+            // The checker's whole-table reads are slow on a large run; they are not a worker's.
+            statement_timeout: Duration::from_secs(600),
+            application_name: "fleet-chaos-check".into(),
+        },
+    )
+    .context("bad Postgres URL")?;
+    pool.ping().await.context("cannot connect to Postgres")?;
     let redis = Builder::from_config(Config::from_url(&opts.redis_url).context("bad Redis URL")?)
         .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(10))
         .build()?;
@@ -516,11 +514,8 @@ pub async fn run(opts: &CheckOptions) -> Result<Report> {
     })
 }
 
-async fn count_inbound(pool: &PgPool) -> Result<u64> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE direction = 'in'")
-        .fetch_one(pool)
-        .await?;
-    Ok(n as u64)
+async fn count_inbound(pool: &Store) -> Result<u64> {
+    Ok(pool.audit_inbound_total().await?)
 }
 
 fn examples<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> Vec<String> {
@@ -578,23 +573,13 @@ fn load_settled(ledger: &Ledger) -> Invariant {
     }
 }
 
-async fn messages_stored(pool: &PgPool, ledger: &Ledger) -> Result<Invariant> {
-    let rows = sqlx::query(
-        "SELECT tenant, provider_message_id FROM messages WHERE direction = 'in' \
-         AND provider_message_id LIKE ANY($1)",
-    )
-    .bind(&ledger.id_patterns)
-    .fetch_all(pool)
-    .await?;
-    let (total, distinct): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(DISTINCT (tenant, provider_message_id)) FROM messages WHERE direction = 'in'",
-    )
-    .fetch_one(pool)
-    .await?;
-    let stored: HashSet<(String, String)> = rows
+async fn messages_stored(pool: &Store, ledger: &Ledger) -> Result<Invariant> {
+    let stored: HashSet<(String, String)> = pool
+        .audit_inbound_matching(&ledger.id_patterns)
+        .await?
         .into_iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
         .collect();
+    let (total, distinct) = pool.audit_inbound_distinct().await?;
     let mut expected: HashSet<(String, String)> = HashSet::with_capacity(ledger.messages.len());
     let mut twice_in_ledger = 0u64;
     for m in &ledger.messages {
@@ -641,30 +626,9 @@ async fn messages_stored(pool: &PgPool, ledger: &Ledger) -> Result<Invariant> {
     })
 }
 
-async fn message_counts(pool: &PgPool, ledger: &Ledger) -> Result<Invariant> {
-    let mismatched = sqlx::query(
-        "SELECT p.tenant, p.contact, p.message_count, coalesce(m.n, 0) FROM prospects p \
-         LEFT JOIN (SELECT tenant, contact, count(*) AS n FROM messages WHERE direction = 'in' \
-                    GROUP BY tenant, contact) m USING (tenant, contact) \
-         WHERE p.message_count <> coalesce(m.n, 0) ORDER BY 1, 2 LIMIT 1000",
-    )
-    .fetch_all(pool)
-    .await?;
-    let orphans: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT DISTINCT tenant, contact FROM messages WHERE direction = 'in') m \
-         LEFT JOIN prospects p USING (tenant, contact) WHERE p.tenant IS NULL",
-    )
-    .fetch_one(pool)
-    .await?;
-    let counts =
-        sqlx::query("SELECT tenant, contact, message_count FROM prospects WHERE contact LIKE $1")
-            .bind(&ledger.contact_pattern)
-            .fetch_all(pool)
-            .await?;
-    let stored: HashMap<(String, String), i64> = counts
-        .into_iter()
-        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-        .collect();
+async fn message_counts(pool: &Store, ledger: &Ledger) -> Result<Invariant> {
+    let (mismatched, orphans) = pool.audit_count_mismatches().await?;
+    let stored = pool.audit_message_counts(&ledger.contact_pattern).await?;
     let mut accepted: HashMap<(String, String), i64> = HashMap::new();
     for m in &ledger.messages {
         *accepted
@@ -690,13 +654,10 @@ async fn message_counts(pool: &PgPool, ledger: &Ledger) -> Result<Invariant> {
     let mut details: Vec<String> = mismatched
         .iter()
         .take(EXAMPLES)
-        .map(|r| {
+        .map(|m| {
             format!(
                 "{} {}: message_count {} but {} rows",
-                r.get::<String, _>(0),
-                r.get::<String, _>(1),
-                r.get::<i64, _>(2),
-                r.get::<i64, _>(3)
+                m.tenant, m.contact, m.message_count, m.rows
             )
         })
         .collect();
@@ -711,7 +672,11 @@ async fn message_counts(pool: &PgPool, ledger: &Ledger) -> Result<Invariant> {
             "{} prospects; {} with message_count different from their rows{}, {} contacts whose count differs from what was accepted, {} without a prospect",
             stored.len(),
             mismatched.len(),
-            if mismatched.len() == 1000 { "+" } else { "" },
+            if mismatched.len() as i64 == fleet_store::audit::MISMATCHES_LISTED {
+                "+"
+            } else {
+                ""
+            },
             off.len(),
             orphans
         ),
@@ -719,25 +684,14 @@ async fn message_counts(pool: &PgPool, ledger: &Ledger) -> Result<Invariant> {
     })
 }
 
-async fn statuses_forward(pool: &PgPool, ledger: &Ledger) -> Result<Invariant> {
+async fn statuses_forward(pool: &Store, ledger: &Ledger) -> Result<Invariant> {
     let mut stored: HashMap<(String, String), String> = HashMap::new();
     for chunk in ledger.statuses.chunks(ID_CHUNK) {
-        let tenants: Vec<&str> = chunk
+        let keys: Vec<(String, String)> = chunk
             .iter()
-            .map(|s| ledger.tenants[s.tenant as usize].id.as_str())
+            .map(|s| (ledger.tenants[s.tenant as usize].id.clone(), s.id.clone()))
             .collect();
-        let ids: Vec<&str> = chunk.iter().map(|s| s.id.as_str()).collect();
-        let rows = sqlx::query(
-            "SELECT tenant, provider_message_id, status FROM message_status \
-             WHERE (tenant, provider_message_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-        )
-        .bind(&tenants)
-        .bind(&ids)
-        .fetch_all(pool)
-        .await?;
-        for r in rows {
-            stored.insert((r.get(0), r.get(1)), r.get(2));
-        }
+        stored.extend(pool.audit_statuses(&keys).await?);
     }
     let (mut behind, mut ahead, mut missing) = (Vec::new(), Vec::new(), Vec::new());
     for s in &ledger.statuses {
@@ -776,27 +730,8 @@ async fn statuses_forward(pool: &PgPool, ledger: &Ledger) -> Result<Invariant> {
     })
 }
 
-async fn outbound_rows(pool: &PgPool) -> Result<HashMap<String, OutboundRow>> {
-    let rows = sqlx::query(
-        "SELECT job_id, state, origin, provider_message_id, \
-                (extract(epoch FROM updated_at) * 1000)::bigint FROM outbound_messages",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            (
-                r.get::<String, _>(0),
-                OutboundRow {
-                    state: r.get(1),
-                    origin: r.get(2),
-                    provider_message_id: r.get(3),
-                    updated_ms: r.get(4),
-                },
-            )
-        })
-        .collect())
+async fn outbound_rows(pool: &Store) -> Result<HashMap<String, OutboundRow>> {
+    Ok(pool.audit_outbound().await?)
 }
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
