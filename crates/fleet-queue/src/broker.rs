@@ -3,6 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use fred::{
+    cmd,
     prelude::*,
     types::{
         Value,
@@ -166,6 +167,27 @@ impl Broker {
     /// The fred client, for the other modules of this crate.
     pub(crate) fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// One page of `XRANGE stream start end COUNT count`, with `start` and `end` in Redis's range
+    /// syntax (`-`, `+`, an id, or `(id` for the entries after it). Every range read of this
+    /// crate goes through here so that none goes without its `COUNT` (a `COUNT` of 0 would read
+    /// the whole stream: it is raised to 1).
+    pub(crate) async fn range(
+        &self,
+        stream: &str,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<Value> {
+        let args: Vec<String> = vec![
+            stream.into(),
+            start.into(),
+            end.into(),
+            "COUNT".into(),
+            count.max(1).to_string(),
+        ];
+        Ok(self.client.custom(cmd!("XRANGE"), args).await?)
     }
 
     /// A new connection with the same configuration, for a consumer's blocking reads.

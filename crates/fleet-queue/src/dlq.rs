@@ -110,11 +110,7 @@ impl Queue {
     /// One dead entry, by its full id (`<ms>-<seq>`; an incomplete id is [`Error::Invalid`]).
     pub async fn dead_get(&self, id: &str) -> Result<Option<DeadEntry>> {
         let id = full_id(id)?;
-        let reply: Value = self
-            .broker
-            .client()
-            .custom(cmd!("XRANGE"), vec![self.keys.dead(), id.into(), id.into()])
-            .await?;
+        let reply = self.broker.range(&self.keys.dead(), id, id, 1).await?;
         Ok(parse_entries(&reply)
             .into_iter()
             .next()
@@ -125,19 +121,9 @@ impl Queue {
     /// whole dead-letter stream in bounded pages (replay by reason, replay all).
     pub async fn dead_page(&self, limit: usize, after: Option<&str>) -> Result<Vec<DeadEntry>> {
         let start = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
-        let reply: Value = self
+        let reply = self
             .broker
-            .client()
-            .custom(
-                cmd!("XRANGE"),
-                vec![
-                    self.keys.dead(),
-                    start,
-                    "+".into(),
-                    "COUNT".into(),
-                    limit.to_string(),
-                ],
-            )
+            .range(&self.keys.dead(), &start, "+", limit)
             .await?;
         Ok(parse_entries(&reply)
             .into_iter()

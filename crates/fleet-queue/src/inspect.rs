@@ -322,19 +322,9 @@ impl Queue {
             .min_by(|a, b| crate::entry::cmp_ids(a, b))
             .map(|id| format!("({id}"))
             .unwrap_or_else(|| "-".into());
-        let reply: Value = self
+        let reply = self
             .broker
-            .client()
-            .custom(
-                cmd!("XRANGE"),
-                vec![
-                    self.keys.stream(priority).to_owned(),
-                    start,
-                    "+".into(),
-                    "COUNT".into(),
-                    limit.to_string(),
-                ],
-            )
+            .range(self.keys.stream(priority), &start, "+", limit)
             .await?;
         Ok(parse_entries(&reply)
             .into_iter()

@@ -143,20 +143,7 @@ impl Queue {
                 now_ms.saturating_sub(retention.max_age.as_millis() as u64)
             );
             // Look at the oldest `limit` entries to bound this call's work.
-            let reply: Value = self
-                .broker
-                .client()
-                .custom(
-                    cmd!("XRANGE"),
-                    vec![
-                        stream.clone(),
-                        "-".into(),
-                        "+".into(),
-                        "COUNT".into(),
-                        limit.max(1).to_string(),
-                    ],
-                )
-                .await?;
+            let reply = self.broker.range(&stream, "-", "+", limit).await?;
             let oldest = parse_entries(&reply);
             let mut cut = 0usize;
             for (i, (id, _)) in oldest.iter().enumerate() {
@@ -210,20 +197,7 @@ impl Queue {
             "{}-0",
             now_ms.saturating_sub(retention.max_age.as_millis() as u64)
         );
-        let reply: Value = self
-            .broker
-            .client()
-            .custom(
-                cmd!("XRANGE"),
-                vec![
-                    dead.clone(),
-                    "-".into(),
-                    "+".into(),
-                    "COUNT".into(),
-                    limit.max(1).to_string(),
-                ],
-            )
-            .await?;
+        let reply = self.broker.range(&dead, "-", "+", limit).await?;
         let oldest = parse_entries(&reply);
         let cut = oldest
             .iter()

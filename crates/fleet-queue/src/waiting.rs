@@ -42,7 +42,7 @@
 //! inexact ([`Waiting::exact`]).
 
 use fleet_core::Priority;
-use fred::{cmd, prelude::*, types::Value};
+use fred::types::Value;
 
 use crate::{Queue, Result, entry::text_of};
 
@@ -176,19 +176,10 @@ impl Queue {
                 page = None;
                 continue;
             }
-            let reply: Value = self
+            let after_cursor = format!("({}", step.cursor);
+            let reply = self
                 .broker
-                .client()
-                .custom(
-                    cmd!("XRANGE"),
-                    vec![
-                        stream.clone(),
-                        format!("({}", step.cursor),
-                        step.frontier.clone(),
-                        "COUNT".into(),
-                        page_entries.to_string(),
-                    ],
-                )
+                .range(&stream, &after_cursor, &step.frontier, page_entries)
                 .await?;
             let entries = match &reply {
                 Value::Array(items) => items.as_slice(),
