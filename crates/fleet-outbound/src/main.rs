@@ -5,7 +5,13 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 use fleet_outbound::OutboundConfig;
-use fleet_runtime::{AdminState, CommonArgs, CommonConfig, Shutdown, config::admin_ports};
+use fleet_queue::Broker;
+use fleet_runtime::{
+    CommonArgs, CommonConfig,
+    config::admin_ports,
+    service::{self, Connected, Service},
+};
+use fleet_store::{Error as StoreError, Store};
 
 /// Extra time past the worker's own drain timeout before the process stops waiting.
 const EXIT_MARGIN: Duration = Duration::from_secs(5);
@@ -31,13 +37,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match start(Cli::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fleet-outbound: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    service::exit_code("fleet-outbound", start(Cli::parse()).await)
 }
 
 async fn start(cli: Cli) -> anyhow::Result<()> {
@@ -57,77 +57,59 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         application_name: "fleet-outbound".into(),
         ..Default::default()
     };
-    let store = fleet_store::Store::connect(&common.database_url, &pool)?;
+    let store = Store::connect(&common.database_url, &pool)?;
     let http = fleet_outbound::build_client(&config.http)?;
 
-    fleet_runtime::init_tracing(common.log_format);
-    let metrics = fleet_runtime::install_metrics();
+    let mut service = Service::start("fleet-outbound", &common, "outbound", admin_ports::OUTBOUND);
     fleet_queue::describe_metrics();
     fleet_outbound::describe_metrics();
-    let shutdown = Shutdown::new();
-    shutdown.cancel_on_signal();
-
-    let admin_addr = common.admin_addr_for("outbound", admin_ports::OUTBOUND);
-    let listener = tokio::net::TcpListener::bind(admin_addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot bind the admin address {admin_addr}: {e}"))?;
-    let broker = tokio::select! {
-        b = fleet_queue::Broker::connect_patiently(&common.redis_url, &common.key_prefix) => b?,
-        () = shutdown.cancelled() => return Ok(()),
+    let connected: Connected<Broker> = Connected::new();
+    let check_store = store.clone();
+    service
+        .serve_admin(|admin| {
+            admin
+                .with_check(
+                    "redis",
+                    connected.check("redis", |b: Broker| async move { b.ping().await }),
+                )
+                .with_check("postgres", move || {
+                    let s = check_store.clone();
+                    async move { s.ping().await.map_err(|e| e.to_string()) }
+                })
+        })
+        .await?;
+    let connect = Broker::connect_patiently(&common.redis_url, &common.key_prefix);
+    let Some(broker) = service.until_stopped(connect).await? else {
+        service.stop_admin().await;
+        return Ok(());
     };
+    connected.set(broker.clone());
+    // Postgres may come up after us: the migrations wait for it rather than exit.
     if cli.migrate {
-        store.migrate().await?;
+        let migrate = || store.migrate();
+        let Some(()) = service
+            .set_up("migrations", migrate, StoreError::is_transient)
+            .await?
+        else {
+            service.stop_admin().await;
+            return Ok(());
+        };
         tracing::info!("migrations applied");
     }
 
-    let (check_broker, check_store) = (broker.clone(), store.clone());
-    let admin = AdminState::new(metrics)
-        .with_check("redis", move || {
-            let b = check_broker.clone();
-            async move { b.ping().await.map_err(|e| e.to_string()) }
-        })
-        .with_check("postgres", move || {
-            let s = check_store.clone();
-            async move { s.ping().await.map_err(|e| e.to_string()) }
-        })
-        .with_shutdown(shutdown.clone());
-    let drained = Shutdown::new();
-    let admin_task = tokio::spawn(fleet_runtime::serve_admin(
-        listener,
-        admin,
-        drained.cancelled(),
-    ));
-
+    // The worker drains within its own timeout; the process waits a little longer for it.
     let limit = Duration::from_millis(config.drain_timeout_ms) + EXIT_MARGIN;
-    let mut work = tokio::spawn(fleet_outbound::run(
+    let work = fleet_outbound::run(
         config,
         broker,
         store.clone(),
         tenants,
         http,
-        shutdown.clone(),
-    ));
-    let early = tokio::select! {
-        r = &mut work => Some(r),
-        () = shutdown.cancelled() => None,
-    };
-    let result = match early {
-        Some(r) => Ok(r),
-        None => {
-            tracing::info!("stopping: finishing the sends in flight");
-            fleet_runtime::drain_with_timeout(work, limit).await
-        }
-    };
+        service.shutdown().clone(),
+    );
+    let result = service.run(limit, work).await;
     store.close().await;
-    drained.cancel();
-    let _ = admin_task.await;
-    match result {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e),
-        Ok(Err(join)) => Err(anyhow::anyhow!("worker task failed: {join}")),
-        // Timed out: unacknowledged entries are redelivered; exit anyway.
-        Err(_) => Ok(()),
-    }
+    result
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tenants;

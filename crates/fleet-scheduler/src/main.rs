@@ -2,15 +2,15 @@
 //! admin server, connects to Redis (waiting for it), and runs one scheduler replica until
 //! SIGTERM/SIGINT.
 
-use std::{
-    process::ExitCode,
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 use fleet_queue::Broker;
-use fleet_runtime::{AdminState, CommonArgs, CommonConfig, Shutdown, config::admin_ports};
+use fleet_runtime::{
+    CommonArgs, CommonConfig,
+    config::admin_ports,
+    service::{self, Connected, Service},
+};
 use fleet_scheduler::{LeaderLock, SchedulerConfig};
 
 /// Time the replica gets to stop its tasks and release the lock after a shutdown signal.
@@ -26,117 +26,52 @@ struct Args {
     common: CommonArgs,
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    let common = match CommonConfig::load(&args.common) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    let config = match common
-        .section::<SchedulerConfig>("scheduler")
-        .map_err(|e| e.to_string())
-        .and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string()))
-    {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    fleet_runtime::init_tracing(common.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return fail(&e),
-    };
-    runtime.block_on(serve(common, config))
+#[tokio::main]
+async fn main() -> ExitCode {
+    service::exit_code("fleet-scheduler", start(Args::parse()).await)
 }
 
-fn fail(e: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("fleet-scheduler: {e}");
-    ExitCode::FAILURE
-}
+async fn start(args: Args) -> anyhow::Result<()> {
+    let common = CommonConfig::load(&args.common)?;
+    let config: SchedulerConfig = common.section("scheduler")?;
+    config.validate().map_err(anyhow::Error::msg)?;
 
-async fn serve(common: CommonConfig, config: SchedulerConfig) -> ExitCode {
-    let metrics = fleet_runtime::install_metrics();
+    let mut service = Service::start(
+        "fleet-scheduler",
+        &common,
+        "scheduler",
+        admin_ports::SCHEDULER,
+    );
     fleet_queue::describe_metrics();
-    let shutdown = Shutdown::new();
-    shutdown.cancel_on_signal();
-
-    let admin_addr = common.admin_addr_for("scheduler", admin_ports::SCHEDULER);
-    let admin_listener = match tokio::net::TcpListener::bind(admin_addr).await {
-        Ok(l) => l,
-        Err(e) => return fail(&format!("cannot listen on admin address {admin_addr}: {e}")),
-    };
-    // Ready once connected and while Redis answers; the broker arrives after the admin server
-    // is up, so /healthz and /metrics answer while Redis is still awaited.
-    let connected: Arc<OnceLock<Broker>> = Arc::new(OnceLock::new());
-    let ready = connected.clone();
-    let admin = AdminState::new(metrics)
-        .with_check("redis", move || {
-            let broker = ready.get().cloned();
-            async move {
-                match broker {
-                    Some(b) => b.ping().await.map_err(|e| e.to_string()),
-                    None => Err("not connected to redis yet".to_owned()),
-                }
-            }
+    // Ready once connected and while Redis answers.
+    let connected: Connected<Broker> = Connected::new();
+    service
+        .serve_admin(|admin| {
+            admin.with_check(
+                "redis",
+                connected.check("redis", |b: Broker| async move { b.ping().await }),
+            )
         })
-        .with_shutdown(shutdown.clone());
-    let admin_stop = Shutdown::new();
-    let admin_task = tokio::spawn(fleet_runtime::serve_admin(
-        admin_listener,
-        admin,
-        admin_stop.cancelled(),
-    ));
-
+        .await?;
     let connect = async {
         let broker = Broker::connect_patiently(&common.redis_url, &common.key_prefix).await?;
-        let mut delay = Duration::from_millis(100);
-        let lock = loop {
-            match LeaderLock::connect(&common.redis_url, &common.key_prefix, config.leader.ttl)
-                .await
-            {
-                Ok(lock) => break lock,
-                Err(e) if e.is_unavailable() => {
-                    tracing::warn!(error = %e, "redis not reachable yet for the leadership lock");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        Ok((broker, lock))
+        let lock = service::patiently(
+            "the leadership lock",
+            || LeaderLock::connect(&common.redis_url, &common.key_prefix, config.leader.ttl),
+            |e: &fleet_queue::Error| e.is_unavailable(),
+        )
+        .await?;
+        Ok::<_, fleet_queue::Error>((broker, lock))
     };
-    let (broker, lock) = tokio::select! {
-        r = connect => match r {
-            Ok(pair) => pair,
-            Err(e) => {
-                admin_stop.cancel();
-                let _ = admin_task.await;
-                return fail(&e);
-            }
-        },
-        () = shutdown.cancelled() => {
-            admin_stop.cancel();
-            let _ = admin_task.await;
-            return ExitCode::SUCCESS;
-        }
+    let Some((broker, lock)) = service.until_stopped(connect).await? else {
+        service.stop_admin().await;
+        return Ok(());
     };
-    let _ = connected.set(broker.clone());
-
-    let mut work = tokio::spawn(fleet_scheduler::run(config, broker, lock, shutdown.clone()));
-    let result = tokio::select! {
-        joined = &mut work => Some(joined),
-        () = shutdown.cancelled() => fleet_runtime::drain_with_timeout(&mut work, DRAIN_LIMIT).await.ok(),
-    };
-    if result.is_none() {
-        work.abort();
-    }
-    admin_stop.cancel();
-    let _ = admin_task.await;
-    match result {
-        Some(Ok(Ok(()))) | None => ExitCode::SUCCESS,
-        Some(Ok(Err(e))) => fail(&e),
-        Some(Err(e)) => fail(&e),
-    }
+    connected.set(broker.clone());
+    let shutdown = service.shutdown().clone();
+    service
+        .run(DRAIN_LIMIT, async move {
+            Ok(fleet_scheduler::run(config, broker, lock, shutdown).await?)
+        })
+        .await
 }
