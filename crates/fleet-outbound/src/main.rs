@@ -58,7 +58,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         ..Default::default()
     };
     let store = fleet_store::Store::connect(&common.database_url, &pool)?;
-    let http = fleet_outbound::build_client(&config.http)?;
+    let http = fleet_providers::build_client(&config.http)?;
 
     fleet_runtime::init_tracing(common.log_format);
     let metrics = fleet_runtime::install_metrics();
