@@ -5,6 +5,8 @@
 //! Secrets are [`SecretString`]s, may come from the environment through `<name>_env = "VAR"`, and never appear in `Debug`
 //! output or error messages.
 //! [`TenantsHandle`] shares the current set cheaply and swaps in a reloaded file atomically.
+//! The provider sections (`[tenant.meta]`, `[tenant.twilio]`) and their validation belong to `fleet-providers`; this file
+//! supplies them the secret lookup and names the tenant in their errors.
 
 use std::{
     collections::{BTreeMap, HashMap},
