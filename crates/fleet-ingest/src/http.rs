@@ -24,6 +24,7 @@ use fleet_core::{
     EnqueueOptions, INBOUND_QUEUE, InboundEvent, OUTBOUND_QUEUE, OutboundBody, OutboundMessage,
     Priority, Provider,
 };
+use fleet_providers::{meta::webhook as meta, twilio::webhook as twilio};
 use fleet_runtime::Tenant;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -32,9 +33,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, field::Empty};
 
 use crate::{
-    meta, metrics, rules,
+    metrics, rules,
     state::{AppState, Queues, Unavailable},
-    twilio,
 };
 
 /// The empty TwiML document Twilio expects when we do not reply inline.
@@ -629,23 +629,14 @@ fn validate_send(
         })?,
     };
     let provider = match req.provider.as_deref() {
-        None if tenant.meta.is_some() => Provider::Meta,
-        None if tenant.twilio.is_some() => Provider::Twilio,
-        None => {
-            return Err(Rejection::bad_request(
-                "no_provider",
-                "tenant has no provider configured",
-            ));
-        }
+        None => tenant.accounts().default_provider().ok_or_else(|| {
+            Rejection::bad_request("no_provider", "tenant has no provider configured")
+        })?,
         Some(p) => {
             let provider: Provider = p.parse().map_err(|_| {
                 Rejection::bad_request("invalid_provider", "provider must be meta or twilio")
             })?;
-            let configured = match provider {
-                Provider::Meta => tenant.meta.is_some(),
-                Provider::Twilio => tenant.twilio.is_some(),
-            };
-            if !configured {
+            if tenant.accounts().get(provider).is_none() {
                 return Err(Rejection::bad_request(
                     "no_provider",
                     "tenant has no settings for this provider",

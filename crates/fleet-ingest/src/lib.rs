@@ -9,11 +9,9 @@ mod batcher;
 pub mod config;
 mod http;
 mod listener;
-pub mod meta;
 pub mod metrics;
 pub mod rules;
 mod state;
-pub mod twilio;
 
 use fleet_queue::Broker;
 use fleet_runtime::{Shutdown, TenantsHandle};

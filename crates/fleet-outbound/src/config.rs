@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
+use fleet_providers::HttpConfig;
 use serde::Deserialize;
-
-use crate::http::HttpConfig;
 
 /// Default sends in flight per process (the send is I/O bound: concurrency, not CPU, sets throughput).
 pub const CONCURRENCY_DEFAULT: usize = 256;

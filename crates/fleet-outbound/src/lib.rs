@@ -1,20 +1,14 @@
 #![doc = include_str!("../README.md")]
 
-pub mod classify;
 pub mod config;
-pub mod http;
 mod ledger;
-pub mod meta;
-pub mod twilio;
 pub mod worker;
 
 /// The shared rate limiter (GCRA in Redis), now part of `fleet-queue`; re-exported so existing
 /// paths keep working.
 pub use fleet_queue::ratelimit;
 
-pub use classify::{Attempt, SendOutcome, TransportError, classify};
 pub use config::OutboundConfig;
-pub use http::{HttpConfig, build_client};
 pub use worker::run;
 
 /// Registers the HELP text of every metric this crate emits (call once, after installing the

@@ -58,7 +58,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         ..Default::default()
     };
     let store = Store::connect(&common.database_url, &pool)?;
-    let http = fleet_outbound::build_client(&config.http)?;
+    let http = fleet_providers::build_client(&config.http)?;
 
     let mut service = Service::start("fleet-outbound", &common, "outbound", admin_ports::OUTBOUND);
     fleet_queue::describe_metrics();

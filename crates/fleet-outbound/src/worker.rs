@@ -45,12 +45,13 @@ use apalis::{
     layers::tracing::{DefaultOnFailure, TraceLayer},
     prelude::{Data, Event, Monitor, WorkerBuilder, WorkerBuilderExt},
 };
-use fleet_core::{OUTBOUND_QUEUE, OutboundBody, OutboundMessage, Provider, SentNote, wire};
+use fleet_core::{OUTBOUND_QUEUE, OutboundBody, OutboundMessage, SentNote, wire};
+use fleet_providers::{Account, SendOutcome, Senders, classify::mask};
 use fleet_queue::{
     Broker, ConsumerOptions, Delivery, Fence, Queue, RetryAfter, Settler,
     apalis_backend::{JobError, StreamsBackend},
 };
-use fleet_runtime::{Shutdown, TenantsHandle, tenants::Tenant};
+use fleet_runtime::{Shutdown, TenantsHandle};
 use fleet_store::{OutboundRecord, OutboundState, Store};
 use governor::{DefaultDirectRateLimiter, Quota};
 use rand::Rng;
@@ -58,12 +59,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    classify::SendOutcome,
     config::OutboundConfig,
     ledger::SentLedger,
-    meta::MetaClient,
     ratelimit::{Admission, Limit, LimiterOptions, Rate, RateLimiter, Request},
-    twilio::TwilioClient,
 };
 
 /// How long a job waits when its "already sent" record cannot be read (Postgres away): it must
@@ -93,8 +91,7 @@ pub const RESTARTS_MAX: usize = 20;
 /// Everything a handler needs, shared.
 struct Ctx {
     config: OutboundConfig,
-    meta: MetaClient,
-    twilio: TwilioClient,
+    senders: Senders,
     limiter: RateLimiter,
     local: LocalLimiters,
     tenants: TenantsHandle,
@@ -181,8 +178,7 @@ pub async fn run(
     let handlers = concurrency + 2 * config.record_batch;
     let drain = Duration::from_millis(config.drain_timeout_ms);
     let ctx = Arc::new(Ctx {
-        meta: MetaClient::new(http.clone(), &config.meta_api_base),
-        twilio: TwilioClient::new(http, &config.twilio_api_base),
+        senders: Senders::new(http, &config.meta_api_base, &config.twilio_api_base),
         limiter,
         local: LocalLimiters::default(),
         tenants,
@@ -262,28 +258,15 @@ pub async fn run(
     Ok(())
 }
 
-/// The sender scope, rate and provider of a message, from its tenant.
-fn sender_of(tenant: &Tenant, provider: Provider, burst: u32) -> Option<(String, Rate)> {
-    match provider {
-        Provider::Meta => tenant.meta.as_ref().map(|m| {
-            (
-                format!("meta:{}", m.phone_number_id),
-                Rate {
-                    per_second: f64::from(m.messages_per_second.max(1)),
-                    burst,
-                },
-            )
-        }),
-        Provider::Twilio => tenant.twilio.as_ref().map(|t| {
-            (
-                format!("twilio:{}", t.from),
-                Rate {
-                    per_second: f64::from(t.messages_per_second.max(1)),
-                    burst,
-                },
-            )
-        }),
-    }
+/// The sender scope and rate of an account.
+fn sender_scope(account: Account<'_>, burst: u32) -> (String, Rate) {
+    (
+        account.sender_key(),
+        Rate {
+            per_second: f64::from(account.messages_per_second().max(1)),
+            burst,
+        },
+    )
 }
 
 fn record_for(
@@ -344,7 +327,7 @@ async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>, settler: Data<Settler>) -> Res
     let send_slot = (permit, InFlight::enter());
     let message: OutboundMessage = d.decode().map_err(|e| {
         // A decode error may quote the field it choked on (a number): masked like provider text.
-        dead("decode", crate::classify::mask(&e.to_string()))
+        dead("decode", mask(&e.to_string()))
     })?;
     let tenants = ctx.tenants.current();
     let Some(tenant) = tenants.get(&message.tenant) else {
@@ -354,7 +337,7 @@ async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>, settler: Data<Settler>) -> Res
         ));
     };
     let provider = message.provider;
-    let Some((scope, sender_rate)) = sender_of(tenant, provider, ctx.config.sender_burst) else {
+    let Some(account) = tenant.accounts().get(provider) else {
         let error = format!("tenant {:?} has no {provider} settings", tenant.id);
         let rec = record_for(
             &d,
@@ -367,6 +350,7 @@ async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>, settler: Data<Settler>) -> Res
         record(&ctx.record_tx, None, rec).await;
         return Err(dead("no_provider", error));
     };
+    let (scope, sender_rate) = sender_scope(account, ctx.config.sender_burst);
 
     // Sent before? Asked for every delivery, whatever its attempt count (a replay resets it).
     match ctx.ledger.sent(d.job_id.as_str()).await {
@@ -413,16 +397,7 @@ async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>, settler: Data<Settler>) -> Res
     }
 
     let started = Instant::now();
-    let outcome = match provider {
-        Provider::Meta => match &tenant.meta {
-            Some(m) => ctx.meta.send(m, &message, d.job_id.as_str()).await,
-            None => unreachable!("sender_of checked the settings"),
-        },
-        Provider::Twilio => match &tenant.twilio {
-            Some(t) => ctx.twilio.send(t, &message, d.job_id.as_str()).await,
-            None => unreachable!("sender_of checked the settings"),
-        },
-    };
+    let outcome = ctx.senders.send(account, &message, d.job_id.as_str()).await;
     metrics::histogram!("fleet_outbound_send_duration_seconds", "provider" => provider.as_str())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("fleet_outbound_sends_total", "provider" => provider.as_str(), "outcome" => outcome.label())

@@ -5,6 +5,8 @@
 //! Secrets are [`SecretString`]s, may come from the environment through `<name>_env = "VAR"`, and never appear in `Debug`
 //! output or error messages.
 //! [`TenantsHandle`] shares the current set cheaply and swaps in a reloaded file atomically.
+//! The provider sections (`[tenant.meta]`, `[tenant.twilio]`) and their validation belong to `fleet-providers`; this file
+//! supplies them the secret lookup and names the tenant in their errors.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -15,6 +17,12 @@ use std::{
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Datelike, NaiveTime, Timelike, Utc, Weekday};
 use fleet_core::Priority;
+use fleet_providers::{
+    Accounts,
+    meta::{MetaSection, MetaSettings},
+    settings::InvalidField,
+    twilio::{TwilioSection, TwilioSettings},
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -24,10 +32,6 @@ use crate::config::{Env, ProcessEnv, toml_error_line};
 
 /// Default ingest admission rate of a tenant, webhooks and send API together.
 pub const DEFAULT_RATE_LIMIT_PER_SECOND: u32 = 1000;
-/// Default outbound throughput of a Meta number.
-pub const DEFAULT_META_MESSAGES_PER_SECOND: u32 = 80;
-/// Default outbound throughput of a Twilio sender.
-pub const DEFAULT_TWILIO_MESSAGES_PER_SECOND: u32 = 10;
 /// Most tenants one file may hold; `by_api_token` compares against every tenant, so the set is kept bounded.
 pub const MAX_TENANTS: usize = 10_000;
 
@@ -72,34 +76,6 @@ fn invalid(tenant: &str, field: impl Into<String>, reason: impl Into<String>) ->
         field: field.into(),
         reason: reason.into(),
     }
-}
-
-/// Meta WhatsApp Cloud API settings of a tenant.
-#[derive(Debug, Clone)]
-pub struct MetaSettings {
-    /// HMAC-SHA256 key for `X-Hub-Signature-256`.
-    pub app_secret: SecretString,
-    /// Token expected in the GET subscription handshake.
-    pub verify_token: SecretString,
-    /// The WhatsApp phone number id; routes Meta events to the tenant. Digits only.
-    pub phone_number_id: String,
-    /// Graph API bearer token for sending.
-    pub access_token: SecretString,
-    /// Outbound throughput limit of this number (default 80).
-    pub messages_per_second: u32,
-}
-
-/// Twilio settings of a tenant.
-#[derive(Debug, Clone)]
-pub struct TwilioSettings {
-    /// Account SID (`AC...`); not secret.
-    pub account_sid: String,
-    /// HMAC key for `X-Twilio-Signature`, and the Basic auth password for sending.
-    pub auth_token: SecretString,
-    /// Sender, e.g. `whatsapp:+14155238886`.
-    pub from: String,
-    /// Outbound throughput limit of this sender (default 10).
-    pub messages_per_second: u32,
 }
 
 /// One keyword rule: when an inbound text matches `pattern`, answer `reply`.
@@ -200,6 +176,14 @@ pub struct Tenant {
 }
 
 impl Tenant {
+    /// The tenant's provider accounts, for picking the one a message goes through.
+    pub fn accounts(&self) -> Accounts<'_> {
+        Accounts {
+            meta: self.meta.as_ref(),
+            twilio: self.twilio.as_ref(),
+        }
+    }
+
     /// The priority configured for `kind`, or `default`.
     pub fn priority_for(&self, kind: &str, default: Priority) -> Priority {
         self.priority.get(kind).copied().unwrap_or(default)
@@ -222,35 +206,12 @@ struct RawTenant {
     api_token: Option<SecretString>,
     api_token_env: Option<String>,
     rate_limit_per_second: Option<u32>,
-    meta: Option<RawMeta>,
-    twilio: Option<RawTwilio>,
+    meta: Option<MetaSection>,
+    twilio: Option<TwilioSection>,
     #[serde(default)]
     priority: BTreeMap<String, Priority>,
     #[serde(default)]
     replies: RawReplies,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMeta {
-    app_secret: Option<SecretString>,
-    app_secret_env: Option<String>,
-    verify_token: Option<SecretString>,
-    verify_token_env: Option<String>,
-    phone_number_id: String,
-    access_token: Option<SecretString>,
-    access_token_env: Option<String>,
-    messages_per_second: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTwilio {
-    account_sid: String,
-    auth_token: Option<SecretString>,
-    auth_token_env: Option<String>,
-    from: String,
-    messages_per_second: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -280,17 +241,25 @@ fn secret(
     env_var: Option<String>,
     env: &dyn Env,
 ) -> Result<SecretString, TenantsError> {
+    secret_field(field, inline, env_var, env).map_err(|e| invalid(tenant, e.field, e.reason))
+}
+
+/// [`secret`] for one field, the error naming the field only (provider sections resolve theirs through it).
+fn secret_field(
+    field: &str,
+    inline: Option<SecretString>,
+    env_var: Option<String>,
+    env: &dyn Env,
+) -> Result<SecretString, InvalidField> {
     let value = match (inline, env_var) {
         (Some(_), Some(_)) => {
-            return Err(invalid(
-                tenant,
+            return Err(InvalidField::new(
                 field,
                 format!("give either {field} or {field}_env, not both"),
             ));
         }
         (None, None) => {
-            return Err(invalid(
-                tenant,
+            return Err(InvalidField::new(
                 field,
                 format!("missing (give {field} or {field}_env)"),
             ));
@@ -299,8 +268,7 @@ fn secret(
         (None, Some(var)) => match env.var(&var) {
             Some(v) => SecretString::from(v),
             None => {
-                return Err(invalid(
-                    tenant,
+                return Err(InvalidField::new(
                     format!("{field}_env"),
                     format!("environment variable {var} is not set"),
                 ));
@@ -308,7 +276,7 @@ fn secret(
         },
     };
     if value.expose_secret().trim().is_empty() {
-        return Err(invalid(tenant, field, "must not be empty"));
+        return Err(InvalidField::new(field, "must not be empty"));
     }
     Ok(value)
 }
@@ -476,80 +444,20 @@ fn build_tenant(index: usize, raw: RawTenant, env: &dyn Env) -> Result<Tenant, T
         DEFAULT_RATE_LIMIT_PER_SECOND,
     )?;
 
-    let meta = match raw.meta {
-        None => None,
-        Some(m) => {
-            if m.phone_number_id.is_empty()
-                || !m.phone_number_id.bytes().all(|b| b.is_ascii_digit())
-            {
-                return Err(invalid(t, "meta.phone_number_id", "must be digits only"));
-            }
-            Some(MetaSettings {
-                app_secret: secret(t, "meta.app_secret", m.app_secret, m.app_secret_env, env)?,
-                verify_token: secret(
-                    t,
-                    "meta.verify_token",
-                    m.verify_token,
-                    m.verify_token_env,
-                    env,
-                )?,
-                phone_number_id: m.phone_number_id,
-                access_token: secret(
-                    t,
-                    "meta.access_token",
-                    m.access_token,
-                    m.access_token_env,
-                    env,
-                )?,
-                messages_per_second: positive(
-                    t,
-                    "meta.messages_per_second",
-                    m.messages_per_second,
-                    DEFAULT_META_MESSAGES_PER_SECOND,
-                )?,
-            })
-        }
+    let resolve = |field: &str, inline: Option<SecretString>, env_var: Option<String>| {
+        secret_field(field, inline, env_var, env)
     };
-
-    let twilio = match raw.twilio {
-        None => None,
-        Some(tw) => {
-            if tw.account_sid.trim().is_empty()
-                || !tw.account_sid.bytes().all(|b| b.is_ascii_alphanumeric())
-            {
-                return Err(invalid(
-                    t,
-                    "twilio.account_sid",
-                    "must be a non-empty alphanumeric SID (AC...)",
-                ));
-            }
-            let number = tw.from.strip_prefix("whatsapp:+").unwrap_or("");
-            if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(invalid(
-                    t,
-                    "twilio.from",
-                    "must look like whatsapp:+14155238886",
-                ));
-            }
-            Some(TwilioSettings {
-                account_sid: tw.account_sid,
-                auth_token: secret(
-                    t,
-                    "twilio.auth_token",
-                    tw.auth_token,
-                    tw.auth_token_env,
-                    env,
-                )?,
-                from: tw.from,
-                messages_per_second: positive(
-                    t,
-                    "twilio.messages_per_second",
-                    tw.messages_per_second,
-                    DEFAULT_TWILIO_MESSAGES_PER_SECOND,
-                )?,
-            })
-        }
-    };
+    let provider_error = |e: InvalidField| invalid(t, e.field, e.reason);
+    let meta = raw
+        .meta
+        .map(|m| m.validate(&resolve))
+        .transpose()
+        .map_err(provider_error)?;
+    let twilio = raw
+        .twilio
+        .map(|tw| tw.validate(&resolve))
+        .transpose()
+        .map_err(provider_error)?;
 
     if let Some(kind) = raw.priority.keys().find(|k| k.trim().is_empty()) {
         return Err(invalid(

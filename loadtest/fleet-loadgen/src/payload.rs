@@ -3,7 +3,7 @@
 //! signed with `X-Twilio-Signature`; plus the traffic mix that picks tenants, contacts and types.
 //!
 //! The signing is written here from the providers' documentation rather than borrowed from
-//! fleet-ingest, so a load run also checks ingest's verification against an independent
+//! fleet-providers, so a load run also checks ingest's verification against an independent
 //! implementation (the tests cross-check both).
 
 use std::{fmt::Write as _, sync::Arc};
@@ -566,9 +566,14 @@ mod tests {
             let r = g.next_request(5).unwrap();
             assert_eq!(r.provider, Provider::Meta);
             assert!(r.body.is_ascii(), "Meta bodies are ASCII-escaped");
-            fleet_ingest::meta::verify_signature(b"s3cret", &r.body, Some(&r.signature.1)).unwrap();
-            let payload = fleet_ingest::meta::parse(&r.body).unwrap();
-            let out = fleet_ingest::meta::normalize("m", &payload, 0).unwrap();
+            fleet_providers::meta::webhook::verify_signature(
+                b"s3cret",
+                &r.body,
+                Some(&r.signature.1),
+            )
+            .unwrap();
+            let payload = fleet_providers::meta::webhook::parse(&r.body).unwrap();
+            let out = fleet_providers::meta::webhook::normalize("m", &payload, 0).unwrap();
             assert_eq!(out.events.len(), r.events.len());
             messages += r
                 .events
@@ -589,17 +594,17 @@ mod tests {
         for _ in 0..100 {
             let r = g.next_request(1).unwrap();
             assert_eq!(r.provider, Provider::Twilio);
-            let params = fleet_ingest::twilio::parse_form(&r.body).unwrap();
-            fleet_ingest::twilio::verify_signature(
+            let params = fleet_providers::twilio::webhook::parse_form(&r.body).unwrap();
+            fleet_providers::twilio::webhook::verify_signature(
                 b"twtok",
                 "http://127.0.0.1:8080/webhooks/twilio/t",
                 &params,
                 Some(&r.signature.1),
             )
             .unwrap();
-            match fleet_ingest::twilio::normalize("t", &params, 0).unwrap() {
-                fleet_ingest::twilio::Normalized::Event(_) => {}
-                fleet_ingest::twilio::Normalized::Ignored => panic!("not ignored"),
+            match fleet_providers::twilio::webhook::normalize("t", &params, 0).unwrap() {
+                fleet_providers::twilio::webhook::Normalized::Event(_) => {}
+                fleet_providers::twilio::webhook::Normalized::Ignored => panic!("not ignored"),
             }
             let sid = &params.iter().find(|(k, _)| k == "MessageSid").unwrap().1;
             assert_eq!(sid.len(), 34, "a MessageSid is 34 characters: {sid}");

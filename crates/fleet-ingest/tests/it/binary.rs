@@ -145,7 +145,7 @@ async fn the_binary_serves_a_signed_webhook_and_stops_on_sigterm() {
     let prefix = test_prefix();
     let ingest = Ingest::start(REDIS_URL, &prefix);
     let body = meta_text_body(&["wamid.BIN1", "wamid.BIN2"]);
-    let sig = fleet_ingest::meta::sign(META_SECRET.as_bytes(), &body);
+    let sig = fleet_providers::meta::webhook::sign(META_SECRET.as_bytes(), &body);
     let (status, reply) = http(
         ingest.ingest,
         "POST",
@@ -234,7 +234,7 @@ async fn the_binary_serves_a_signed_webhook_and_stops_on_sigterm() {
            verify_token = \"v\"\nphone_number_id = \"300\"\naccess_token = \"a\"\n";
     std::fs::write(&ingest.tenants, added).unwrap();
     let late = meta_text_body(&["wamid.LATE1"]);
-    let late_sig = fleet_ingest::meta::sign(META_SECRET.as_bytes(), &late);
+    let late_sig = fleet_providers::meta::webhook::sign(META_SECRET.as_bytes(), &late);
     let post_late = || {
         http(
             ingest.ingest,
@@ -275,7 +275,7 @@ async fn the_binary_answers_503_while_redis_is_unreachable() {
     let prefix = test_prefix();
     let ingest = Ingest::start("redis://127.0.0.1:1", &prefix);
     let body = meta_text_body(&["wamid.DOWN1"]);
-    let sig = fleet_ingest::meta::sign(META_SECRET.as_bytes(), &body);
+    let sig = fleet_providers::meta::webhook::sign(META_SECRET.as_bytes(), &body);
     let (status, reply) = http(
         ingest.ingest,
         "POST",

@@ -199,7 +199,7 @@ pub(crate) fn meta_post(tenant: &str, body: &[u8], signature: Option<&str>) -> R
 }
 
 pub(crate) fn signed_meta_post(tenant: &str, body: &[u8]) -> Request<Body> {
-    let sig = fleet_ingest::meta::sign(META_SECRET.as_bytes(), body);
+    let sig = fleet_providers::meta::webhook::sign(META_SECRET.as_bytes(), body);
     meta_post(tenant, body, Some(&sig))
 }
 
@@ -230,7 +230,7 @@ pub(crate) fn form(params: &[(&str, &str)]) -> (Vec<(String, String)>, String) {
 pub(crate) fn twilio_post(tenant: &str, params: &[(&str, &str)]) -> Request<Body> {
     let path = format!("/webhooks/twilio/{tenant}");
     let (owned, body) = form(params);
-    let sig = fleet_ingest::twilio::sign(
+    let sig = fleet_providers::twilio::webhook::sign(
         TWILIO_TOKEN.as_bytes(),
         &format!("{PUBLIC_URL}{path}"),
         &owned,

@@ -177,7 +177,7 @@ async fn tenant_priority_overrides_apply() {
 async fn escaped_body_verifies_over_the_raw_bytes_and_not_reserialized() {
     let t = TestApp::new().await;
     let raw = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"106540352242922"},"messages":[{"from":"33612345678","id":"wamid.E1","timestamp":"1","type":"text","text":{"body":"Caf\u00e9 \/ ok"}}]}}]}]}"#;
-    let signature = fleet_ingest::meta::sign(META_SECRET.as_bytes(), raw);
+    let signature = fleet_providers::meta::webhook::sign(META_SECRET.as_bytes(), raw);
 
     let reserialized =
         serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(raw).unwrap()).unwrap();
@@ -200,8 +200,8 @@ async fn escaped_body_verifies_over_the_raw_bytes_and_not_reserialized() {
 async fn every_bad_input_is_refused_with_nothing_enqueued() {
     let t = TestApp::with_config(|c| c.body_limit = 4096).await;
     let good = meta_text_body(&["wamid.B1"]);
-    let sig = fleet_ingest::meta::sign(META_SECRET.as_bytes(), &good);
-    let wrong_sig = fleet_ingest::meta::sign(b"another secret", &good);
+    let sig = fleet_providers::meta::webhook::sign(META_SECRET.as_bytes(), &good);
+    let wrong_sig = fleet_providers::meta::webhook::sign(b"another secret", &good);
     let big = {
         let mut v = meta_text_body(&["wamid.BIG"]);
         v.extend(std::iter::repeat_n(b' ', 5000));
@@ -279,7 +279,7 @@ async fn every_bad_input_is_refused_with_nothing_enqueued() {
 
     // A chunked body (no Content-Length) over the limit is refused too.
     let stream = futures_body(&big);
-    let sig_big = fleet_ingest::meta::sign(META_SECRET.as_bytes(), &big);
+    let sig_big = fleet_providers::meta::webhook::sign(META_SECRET.as_bytes(), &big);
     let chunked = Request::post("/webhooks/meta/acme")
         .header("x-hub-signature-256", sig_big)
         .body(stream)

@@ -114,7 +114,7 @@ async fn bad_twilio_requests_are_refused_with_nothing_enqueued() {
     let unsigned = Request::post("/webhooks/twilio/acme")
         .body(Body::from(body.clone()))
         .unwrap();
-    let wrong_url_sig = fleet_ingest::twilio::sign(
+    let wrong_url_sig = fleet_providers::twilio::webhook::sign(
         TWILIO_TOKEN.as_bytes(),
         "https://example.com/webhooks/twilio/other",
         &owned,
@@ -123,7 +123,7 @@ async fn bad_twilio_requests_are_refused_with_nothing_enqueued() {
         .header("x-twilio-signature", wrong_url_sig)
         .body(Body::from(body.clone()))
         .unwrap();
-    let good_sig = fleet_ingest::twilio::sign(
+    let good_sig = fleet_providers::twilio::webhook::sign(
         TWILIO_TOKEN.as_bytes(),
         "https://example.com/webhooks/twilio/acme",
         &owned,
@@ -183,7 +183,7 @@ async fn without_a_public_url_the_signature_covers_the_host() {
     let t = TestApp::with_config(|c| c.public_url = None).await;
     let (owned, body) = form(INBOUND);
     let url = "https://ingest.internal:8443/webhooks/twilio/acme?source=wa";
-    let sig = fleet_ingest::twilio::sign(TWILIO_TOKEN.as_bytes(), url, &owned);
+    let sig = fleet_providers::twilio::webhook::sign(TWILIO_TOKEN.as_bytes(), url, &owned);
     let request = |host: &str| {
         Request::post("/webhooks/twilio/acme?source=wa")
             .header("host", host)

@@ -53,7 +53,7 @@ async fn a_crash_mid_backlog_loses_nothing_and_duplicates_only_the_open_window()
             let broker = Broker::connect(&redis_url(), &prefix).await.unwrap();
             let store =
                 fleet_store::Store::connect(&db_url, &fleet_store::PoolOptions::default()).unwrap();
-            let http = fleet_outbound::build_client(&config.http).unwrap();
+            let http = fleet_providers::build_client(&config.http).unwrap();
             let _ =
                 fleet_outbound::run(config, broker, store, tenants, http, Shutdown::new()).await;
         });

@@ -102,7 +102,7 @@ impl TestEnv {
             drain_timeout_ms: 5_000,
             meta_api_base: self.mock.meta_base(),
             twilio_api_base: self.mock.twilio_base(),
-            http: fleet_outbound::HttpConfig {
+            http: fleet_providers::HttpConfig {
                 request_timeout_ms: 2_000,
                 ..Default::default()
             },
@@ -114,7 +114,7 @@ impl TestEnv {
     /// name and HTTP client, like separate processes).
     pub(crate) fn start(&mut self, config: OutboundConfig) {
         let shutdown = Shutdown::new();
-        let http = fleet_outbound::build_client(&config.http).unwrap();
+        let http = fleet_providers::build_client(&config.http).unwrap();
         let worker = tokio::spawn(fleet_outbound::run(
             config,
             self.broker.clone(),

@@ -1,17 +1,22 @@
 //! Twilio Messages client: `POST {base}/2010-04-01/Accounts/{sid}/Messages.json`, form-encoded,
-//! Basic auth with the account sid and auth token.
+//! Basic auth with the account sid and auth token; and the reading of its answers (a known Twilio
+//! code first, then the HTTP status).
 //!
 //! Templates go as Content API templates: the template name is the `ContentSid` (`HX…`) and the
 //! parameters become `ContentVariables` `{"1": …, "2": …}`; Twilio's content template carries its
 //! language, so ours is not sent.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use fleet_core::{OutboundBody, OutboundMessage, Provider};
-use fleet_runtime::tenants::TwilioSettings;
 use secrecy::ExposeSecret;
+use serde::Deserialize;
 
-use crate::{classify::SendOutcome, http::execute};
+use crate::{
+    SendApi,
+    classify::{SendOutcome, by_status, mask},
+    twilio::TwilioSettings,
+};
 
 /// Sends through Twilio's REST API on the shared client. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -28,29 +33,36 @@ impl TwilioClient {
             base: base.trim_end_matches('/').to_owned(),
         }
     }
+}
 
-    /// Sends one message from the tenant's sender. `job_id` goes along as an `Idempotency-Key`
-    /// header (Twilio documents none for Messages; simulators use it to count duplicates).
-    pub async fn send(
+impl SendApi for TwilioClient {
+    type Settings = TwilioSettings;
+    const PROVIDER: Provider = Provider::Twilio;
+
+    /// A send from the tenant's sender. `job_id` goes along as an `Idempotency-Key` header
+    /// (Twilio documents none for Messages; simulators use it to count duplicates).
+    fn request(
         &self,
         settings: &TwilioSettings,
         message: &OutboundMessage,
         job_id: &str,
-    ) -> SendOutcome {
+    ) -> reqwest::RequestBuilder {
         let url = format!(
             "{}/2010-04-01/Accounts/{}/Messages.json",
             self.base, settings.account_sid
         );
-        let request = self
-            .http
+        self.http
             .post(url)
             .basic_auth(
                 &settings.account_sid,
                 Some(settings.auth_token.expose_secret()),
             )
             .header("Idempotency-Key", job_id)
-            .form(&form(settings, message));
-        execute(Provider::Twilio, request).await
+            .form(&form(settings, message))
+    }
+
+    fn classify_answer(status: u16, retry_after: Option<Duration>, body: &[u8]) -> SendOutcome {
+        classify_twilio(status, retry_after, body)
     }
 }
 
@@ -82,6 +94,53 @@ pub fn form(settings: &TwilioSettings, message: &OutboundMessage) -> Vec<(&'stat
         }
     }
     fields
+}
+
+#[derive(Deserialize)]
+struct TwilioOk {
+    #[serde(default)]
+    sid: String,
+}
+
+#[derive(Deserialize)]
+struct TwilioErr {
+    #[serde(default)]
+    code: Option<i64>,
+    #[serde(default)]
+    message: Option<String>,
+    // RFC 9457 form used by newer Twilio APIs.
+    #[serde(default)]
+    detail: Option<String>,
+}
+
+fn classify_twilio(status: u16, retry_after: Option<Duration>, body: &[u8]) -> SendOutcome {
+    if (200..300).contains(&status) {
+        let sid = serde_json::from_slice::<TwilioOk>(body)
+            .map(|ok| ok.sid)
+            .unwrap_or_default();
+        return SendOutcome::Sent {
+            provider_message_id: sid,
+        };
+    }
+    let err = serde_json::from_slice::<TwilioErr>(body).ok();
+    let code = err.as_ref().and_then(|e| e.code);
+    let message = err
+        .as_ref()
+        .and_then(|e| e.message.as_deref().or(e.detail.as_deref()))
+        .unwrap_or("");
+    let reason = match code {
+        Some(code) => format!("twilio {code} (http {status}): {}", mask(message)),
+        None => format!("twilio http {status}"),
+    };
+    match code {
+        // Too many concurrent requests: never processed, always safe to retry.
+        Some(20429) => SendOutcome::RateLimited {
+            after: retry_after,
+            reason,
+        },
+        Some(20003) => SendOutcome::AuthFailed { reason },
+        _ => by_status(status, retry_after, reason),
+    }
 }
 
 #[cfg(test)]

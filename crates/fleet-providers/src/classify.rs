@@ -1,15 +1,15 @@
 //! Pure classification of every send outcome: what the worker does next with a reply.
 //!
 //! The provider's answer (status, `Retry-After`, error body) or the transport error is mapped to
-//! one [`SendOutcome`]. Meta's advice is to key on `error.code`, not on the HTTP status (code 4
-//! comes as 400 from some and 429 from others), so the code wins and the status is only the
-//! fallback for codes we do not know. Reasons are short, carry the provider's code, and never a
-//! token; runs of seven or more digits (phone numbers) are masked.
+//! one [`SendOutcome`]. Each provider reads its own answers ([`crate::SendApi::classify_answer`]
+//! in `meta::send` and `twilio::send`: the provider's error code wins, because Meta's code 4, for
+//! one, comes as 400 from some endpoints and 429 from others); the HTTP status is only the
+//! fallback for codes they do not know (`by_status`, shared). Reasons are short, carry the
+//! provider's code, and never a token; runs of seven or more digits (phone numbers) are masked.
 
 use std::time::{Duration, SystemTime};
 
 use fleet_core::Provider;
-use serde::Deserialize;
 
 /// What a send came to, and so what the worker does with the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,12 +99,6 @@ impl TransportError {
     }
 }
 
-/// Retry delay for Meta's pair rate (131056): about one message per 6 s to one recipient.
-pub const PAIR_RATE_PAUSE: Duration = Duration::from_secs(6);
-/// Retry delay for Meta's app-level call limit (code 4): "back off for minutes".
-pub const APP_RATE_PAUSE: Duration = Duration::from_secs(60);
-/// Retry delay for Meta's WABA rate limit (80007): an hourly window.
-pub const WABA_RATE_PAUSE: Duration = Duration::from_secs(300);
 /// Longest `Retry-After` honoured; a larger value is capped, so a bogus header cannot park a job
 /// for days.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -130,10 +124,7 @@ pub fn classify(provider: Provider, attempt: &Attempt<'_>, now: SystemTime) -> S
             body,
         } => {
             let retry_after = retry_after.and_then(|v| parse_retry_after(v, now));
-            match provider {
-                Provider::Meta => classify_meta(*status, retry_after, body),
-                Provider::Twilio => classify_twilio(*status, retry_after, body),
-            }
+            crate::classify_answer(provider, *status, retry_after, body)
         }
     }
 }
@@ -156,118 +147,8 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(delay.min(MAX_RETRY_AFTER))
 }
 
-#[derive(Deserialize)]
-struct MetaOk {
-    #[serde(default)]
-    messages: Vec<MetaOkMessage>,
-}
-
-#[derive(Deserialize)]
-struct MetaOkMessage {
-    #[serde(default)]
-    id: String,
-}
-
-#[derive(Deserialize)]
-struct MetaErrBody {
-    error: MetaErr,
-}
-
-#[derive(Deserialize)]
-struct MetaErr {
-    #[serde(default)]
-    code: Option<i64>,
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default)]
-    is_transient: Option<bool>,
-}
-
-/// What Meta's error code says, when we know the code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MetaClass {
-    RateLimited(Option<Duration>),
-    Transient,
-    Auth,
-    Permanent,
-}
-
-fn meta_code_class(code: i64) -> Option<MetaClass> {
-    Some(match code {
-        130429 => MetaClass::RateLimited(None),
-        131056 => MetaClass::RateLimited(Some(PAIR_RATE_PAUSE)),
-        4 | 613 => MetaClass::RateLimited(Some(APP_RATE_PAUSE)),
-        80007 => MetaClass::RateLimited(Some(WABA_RATE_PAUSE)),
-        1 | 2 | 131000 | 131016 | 131057 | 133004 => MetaClass::Transient,
-        0 | 3 | 10 | 190 | 200..=299 => MetaClass::Auth,
-        // Request errors, recipient and window errors, templates, account and integrity: retrying
-        // the same payload cannot help (131048 spam and 131049 per-user caps want hours, beyond
-        // any backoff we keep a worker's delayed set for).
-        33
-        | 100
-        | 131008
-        | 131009
-        | 131021
-        | 131026
-        | 131047
-        | 131048
-        | 131049
-        | 131051
-        | 130472
-        | 130497
-        | 131031
-        | 131042
-        | 133010
-        | 368
-        | 132000..=132999 => MetaClass::Permanent,
-        _ => return None,
-    })
-}
-
-fn classify_meta(status: u16, retry_after: Option<Duration>, body: &[u8]) -> SendOutcome {
-    if (200..300).contains(&status) {
-        let id = serde_json::from_slice::<MetaOk>(body)
-            .ok()
-            .and_then(|ok| ok.messages.into_iter().next())
-            .map(|m| m.id)
-            .unwrap_or_default();
-        return SendOutcome::Sent {
-            provider_message_id: id,
-        };
-    }
-    let err = serde_json::from_slice::<MetaErrBody>(body)
-        .ok()
-        .map(|b| b.error);
-    let code = err.as_ref().and_then(|e| e.code);
-    let message = err
-        .as_ref()
-        .and_then(|e| e.message.as_deref())
-        .unwrap_or("");
-    let reason = match code {
-        Some(code) => format!("meta {code} (http {status}): {}", mask(message)),
-        None => format!("meta http {status}"),
-    };
-    let class = code.and_then(meta_code_class).or_else(|| {
-        // An unknown code: Graph's `is_transient` hint first, then the HTTP status.
-        (err.as_ref().and_then(|e| e.is_transient) == Some(true)).then_some(MetaClass::Transient)
-    });
-    match class {
-        Some(MetaClass::RateLimited(pause)) => SendOutcome::RateLimited {
-            after: retry_after.or(pause),
-            reason,
-        },
-        Some(MetaClass::Transient) => SendOutcome::Retry {
-            after: retry_after,
-            reason,
-        },
-        Some(MetaClass::Auth) => SendOutcome::AuthFailed { reason },
-        Some(MetaClass::Permanent) => SendOutcome::Permanent { reason },
-        None => by_status(status, retry_after, reason),
-    }
-}
-
 /// The HTTP-status fallback shared by both providers for answers without a known code.
-fn by_status(status: u16, retry_after: Option<Duration>, reason: String) -> SendOutcome {
+pub(crate) fn by_status(status: u16, retry_after: Option<Duration>, reason: String) -> SendOutcome {
     match status {
         429 => SendOutcome::RateLimited {
             after: retry_after,
@@ -286,53 +167,6 @@ fn by_status(status: u16, retry_after: Option<Duration>, reason: String) -> Send
             after: retry_after,
             reason,
         },
-    }
-}
-
-#[derive(Deserialize)]
-struct TwilioOk {
-    #[serde(default)]
-    sid: String,
-}
-
-#[derive(Deserialize)]
-struct TwilioErr {
-    #[serde(default)]
-    code: Option<i64>,
-    #[serde(default)]
-    message: Option<String>,
-    // RFC 9457 form used by newer Twilio APIs.
-    #[serde(default)]
-    detail: Option<String>,
-}
-
-fn classify_twilio(status: u16, retry_after: Option<Duration>, body: &[u8]) -> SendOutcome {
-    if (200..300).contains(&status) {
-        let sid = serde_json::from_slice::<TwilioOk>(body)
-            .map(|ok| ok.sid)
-            .unwrap_or_default();
-        return SendOutcome::Sent {
-            provider_message_id: sid,
-        };
-    }
-    let err = serde_json::from_slice::<TwilioErr>(body).ok();
-    let code = err.as_ref().and_then(|e| e.code);
-    let message = err
-        .as_ref()
-        .and_then(|e| e.message.as_deref().or(e.detail.as_deref()))
-        .unwrap_or("");
-    let reason = match code {
-        Some(code) => format!("twilio {code} (http {status}): {}", mask(message)),
-        None => format!("twilio http {status}"),
-    };
-    match code {
-        // Too many concurrent requests: never processed, always safe to retry.
-        Some(20429) => SendOutcome::RateLimited {
-            after: retry_after,
-            reason,
-        },
-        Some(20003) => SendOutcome::AuthFailed { reason },
-        _ => by_status(status, retry_after, reason),
     }
 }
 
@@ -366,6 +200,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::meta::send::PAIR_RATE_PAUSE;
 
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
