@@ -246,6 +246,10 @@ fn layering(metadata: &Value) -> Vec<String> {
 fn sources(root: &Path, files: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for file in files {
+        // The rules name what they look for.
+        if file == "xtask/src/tidy.rs" {
+            continue;
+        }
         let in_queue = file.starts_with("crates/fleet-queue/");
         // Lua for Redis is found by what it calls: wrk's Lua scripts (benches) are not Redis's.
         let checked_text = file.ends_with(".rs")

@@ -178,7 +178,12 @@ pub async fn run(
     let handlers = concurrency + 2 * config.record_batch;
     let drain = Duration::from_millis(config.drain_timeout_ms);
     let ctx = Arc::new(Ctx {
-        senders: Senders::new(http, &config.meta_api_base, &config.twilio_api_base),
+        senders: Senders::new(
+            http,
+            Duration::from_millis(config.http.request_timeout_ms),
+            &config.meta_api_base,
+            &config.twilio_api_base,
+        ),
         limiter,
         local: LocalLimiters::default(),
         tenants,

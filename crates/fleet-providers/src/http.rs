@@ -45,12 +45,21 @@ impl Default for HttpConfig {
     }
 }
 
-/// Builds the process's client: rustls, timeouts, keep-alive pool.
+/// After a send's timeout fires, how long its answer still gets. A process frozen past the
+/// timeout (SIGSTOP, a paused VM, a starved host) wakes with the answer already in its socket,
+/// and its timer is ready at the same moment; without this grace the timer wins, the send counts
+/// as timed out (its outcome unknown), and the retry sends the message a second time. reqwest's
+/// own total timeout checks its timer before the response, so the request timeout is enforced
+/// here instead, with tokio's timeout (which polls the answer first) and then this short grace for
+/// an answer whose reading takes the connection task a few more turns.
+pub const ANSWER_GRACE: Duration = Duration::from_millis(200);
+
+/// Builds the process's client: rustls, a connect timeout, keep-alive pool. The whole-request
+/// timeout is applied per send by [`execute`] (see [`ANSWER_GRACE`]).
 pub fn build_client(config: &HttpConfig) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("fleet-outbound/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-        .timeout(Duration::from_millis(config.request_timeout_ms))
         .pool_max_idle_per_host(config.pool_max_idle_per_host)
         .pool_idle_timeout(Duration::from_millis(config.pool_idle_timeout_ms))
         .tcp_keepalive(Duration::from_secs(60))
@@ -60,8 +69,31 @@ pub fn build_client(config: &HttpConfig) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-/// Sends a prepared request and classifies whatever comes back.
-pub(crate) async fn execute(provider: Provider, request: reqwest::RequestBuilder) -> SendOutcome {
+/// Sends a prepared request and classifies whatever comes back, giving up after `timeout` (plus
+/// [`ANSWER_GRACE`] for an answer that is already there).
+pub(crate) async fn execute(
+    provider: Provider,
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> SendOutcome {
+    let exchange = std::pin::pin!(exchange(provider, request));
+    let mut exchange = exchange;
+    match tokio::time::timeout(timeout, &mut exchange).await {
+        Ok(outcome) => outcome,
+        // The timer fired: the exchange gets one short grace before it counts as timed out.
+        Err(_) => match tokio::time::timeout(ANSWER_GRACE, exchange).await {
+            Ok(outcome) => outcome,
+            Err(_) => classify(
+                provider,
+                &Attempt::Transport(TransportError::Timeout),
+                SystemTime::now(),
+            ),
+        },
+    }
+}
+
+/// The request and the bounded read of its answer, classified.
+async fn exchange(provider: Provider, request: reqwest::RequestBuilder) -> SendOutcome {
     let mut response = match request.send().await {
         Ok(r) => r,
         Err(e) => return transport(provider, &e),
@@ -102,4 +134,87 @@ fn transport(provider: Provider, e: &reqwest::Error) -> SendOutcome {
         &Attempt::Transport(TransportError::from_reqwest(e)),
         SystemTime::now(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        net::TcpListener,
+        sync::mpsc,
+    };
+
+    use super::*;
+
+    /// A one-shot HTTP server on its own OS thread: reports when the request has arrived, then
+    /// answers a Meta "accepted" once told to.
+    fn server() -> (String, mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/messages", listener.local_addr().unwrap());
+        let (arrived_tx, arrived) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).unwrap();
+            arrived_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            let body = r#"{"messages":[{"id":"wamid.frozen"}]}"#;
+            write!(
+                socket,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            // Keep the connection open until the client is done.
+            let _ = socket.read(&mut buf);
+        });
+        (url, arrived, go)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_answer_waiting_when_a_frozen_process_wakes_beats_the_timeout() {
+        // The process is frozen (here: its only runtime thread blocked) with the request sent;
+        // meanwhile the answer arrives and the timeout passes. On waking, the answer is read
+        // instead of reporting a timeout, which the worker would retry, sending a second time.
+        let (url, arrived, go) = server();
+        let client = build_client(&HttpConfig::default()).unwrap();
+        let timeout = Duration::from_millis(300);
+        let send = tokio::spawn(execute(
+            Provider::Meta,
+            client.post(url).body("{}"),
+            timeout,
+        ));
+        // Let the runtime send the request (bounded wait for the server to have it).
+        for _ in 0..1000 {
+            if arrived.try_recv().is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        go.send(()).unwrap();
+        // The freeze: longer than the timeout; the answer lands in the socket meanwhile.
+        std::thread::sleep(timeout + Duration::from_millis(300));
+        let outcome = send.await.unwrap();
+        assert!(
+            matches!(outcome, SendOutcome::Sent { .. }),
+            "a timed-out send would be retried: {outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_answer_is_a_timeout_after_the_grace() {
+        let (url, _arrived, _go) = server();
+        let client = build_client(&HttpConfig::default()).unwrap();
+        let outcome = execute(
+            Provider::Meta,
+            client.post(url).body("{}"),
+            Duration::from_millis(300),
+        )
+        .await;
+        assert!(
+            matches!(&outcome, SendOutcome::Retry { reason, .. } if reason.contains("timeout")),
+            "{outcome:?}"
+        );
+    }
 }

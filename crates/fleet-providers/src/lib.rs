@@ -56,13 +56,15 @@ pub trait SendApi {
 }
 
 /// Sends one message through `api` and classifies whatever comes back.
+/// `timeout` bounds the whole exchange (see [`http::ANSWER_GRACE`]).
 pub async fn send<P: SendApi>(
     api: &P,
     settings: &P::Settings,
     message: &OutboundMessage,
     job_id: &str,
+    timeout: Duration,
 ) -> SendOutcome {
-    http::execute(P::PROVIDER, api.request(settings, message, job_id)).await
+    http::execute(P::PROVIDER, api.request(settings, message, job_id), timeout).await
 }
 
 /// What an answer from `provider` means (see [`SendApi::classify_answer`]).
@@ -145,15 +147,23 @@ impl Account<'_> {
 pub struct Senders {
     meta: MetaClient,
     twilio: TwilioClient,
+    request_timeout: Duration,
 }
 
 impl Senders {
-    /// The clients on `http`, for the APIs at `meta_api_base` (`FLEET_META_API_BASE`, version
-    /// included) and `twilio_api_base` (`FLEET_TWILIO_API_BASE`).
-    pub fn new(http: reqwest::Client, meta_api_base: &str, twilio_api_base: &str) -> Self {
+    /// The clients on `http` (from [`build_client`]), for the APIs at `meta_api_base`
+    /// (`FLEET_META_API_BASE`, version included) and `twilio_api_base`
+    /// (`FLEET_TWILIO_API_BASE`); each send gives up after `request_timeout`.
+    pub fn new(
+        http: reqwest::Client,
+        request_timeout: Duration,
+        meta_api_base: &str,
+        twilio_api_base: &str,
+    ) -> Self {
         Senders {
             meta: MetaClient::new(http.clone(), meta_api_base),
             twilio: TwilioClient::new(http, twilio_api_base),
+            request_timeout,
         }
     }
 
@@ -165,8 +175,19 @@ impl Senders {
         job_id: &str,
     ) -> SendOutcome {
         match account {
-            Account::Meta(settings) => send(&self.meta, settings, message, job_id).await,
-            Account::Twilio(settings) => send(&self.twilio, settings, message, job_id).await,
+            Account::Meta(settings) => {
+                send(&self.meta, settings, message, job_id, self.request_timeout).await
+            }
+            Account::Twilio(settings) => {
+                send(
+                    &self.twilio,
+                    settings,
+                    message,
+                    job_id,
+                    self.request_timeout,
+                )
+                .await
+            }
         }
     }
 }

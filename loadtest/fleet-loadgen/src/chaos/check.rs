@@ -22,6 +22,12 @@ pub const QUEUES: [&str; 2] = ["inbound", "outbound"];
 /// Priorities, highest first, as the stream keys name them.
 pub const PRIORITIES: [&str; 3] = ["high", "normal", "low"];
 /// Entries per `XRANGE` page when counting waiting entries.
+/// How long before the simulator's acceptance a send's request may have left its sender: the
+/// longest the suite's simulator holds a request (the slow provider, 3 s) plus a second of
+/// scheduling on a loaded machine. An outbound SIGKILL this close before a first acceptance
+/// killed the sender with the request in flight, inside its provider-to-record window.
+const IN_FLIGHT_MS: u64 = 4_000;
+
 const XRANGE_PAGE: usize = 1_000;
 /// Most pages counted per stream (ten million entries): the count is a lower bound beyond it.
 const MAX_XRANGE_PAGES: usize = 10_000;
@@ -877,17 +883,27 @@ fn replies(
         let mut why = String::new();
         for pair in copies.windows(2) {
             let (first, next) = (pair[0], pair[1]);
-            let kill = kills
-                .iter()
-                .find(|(_, at)| *at >= first.accepted_at_ms && *at <= next.accepted_at_ms);
+            // The window opens when the request leaves the sender, which is before the
+            // simulator accepts it: a process killed with its request in flight is accepted
+            // after its death.
+            let kill = kills.iter().find(|(_, at)| {
+                *at + IN_FLIGHT_MS >= first.accepted_at_ms && *at <= next.accepted_at_ms
+            });
             let first_recorded = recorded == Some(first.message_id.as_str());
             match (kill, first_recorded) {
-                (Some((target, at)), false) => {
+                (Some((target, at)), false) if *at >= first.accepted_at_ms => {
                     excuse = Some(((*target).to_owned(), at - first.accepted_at_ms));
                     why = format!(
                         "{target} was SIGKILLed {} ms after the provider's acceptance (answered: {}), before the record",
                         at - first.accepted_at_ms,
                         first.answered
+                    );
+                }
+                (Some((target, at)), false) => {
+                    excuse = Some(((*target).to_owned(), 0));
+                    why = format!(
+                        "{target} was SIGKILLed {} ms before the provider's acceptance, with the request in flight",
+                        first.accepted_at_ms - at
                     );
                 }
                 (Some(_), true) => {
