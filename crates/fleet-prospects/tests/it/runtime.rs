@@ -233,6 +233,10 @@ impl RedisProxy {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_outage_never_ends_a_worker_and_work_resumes_after_it() {
     let h = Harness::new().await;
+    // A short lease, published as the scheduler does, so that the stalled recovery run below (the
+    // scheduler's job) takes back within seconds what a cut connection orphaned.
+    let lease = Duration::from_secs(2);
+    h.inbound().publish_lease(lease).await.unwrap();
     let proxy = RedisProxy::start("127.0.0.1:0".parse().unwrap()).await;
     let through_proxy =
         fleet_queue::Broker::connect(&format!("redis://{}", proxy.addr), h.broker.prefix())
@@ -268,9 +272,22 @@ async fn a_redis_outage_never_ends_a_worker_and_work_resumes_after_it() {
         "nothing asked the process to stop"
     );
 
-    // Back on the same port: the workers reconnect and take the message sent meanwhile.
+    // Back on the same port: the workers reconnect and take the message sent meanwhile. If Redis
+    // had not yet noticed the cut when the message arrived, it served it to a worker's blocked
+    // read on the dead connection: the entry is pending under a consumer that never saw it, and
+    // only stalled recovery hands it out again (docs/job-lifecycle.md). The scheduler does that;
+    // here the test does, with the published lease, which live workers keep renewing.
     let _back = RedisProxy::start(proxy.addr).await;
     eventually("the message sent during the outage written", || async {
+        let _ = h
+            .inbound()
+            .reclaim_stalled(
+                fleet_queue::GROUP_DEFAULT,
+                lease,
+                100,
+                fleet_queue::Clock::Redis,
+            )
+            .await;
         h.totals().await.0 == 2
     })
     .await;
