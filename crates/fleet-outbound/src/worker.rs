@@ -51,7 +51,7 @@ use fleet_queue::{
     Broker, ConsumerOptions, Delivery, Fence, Queue, RetryAfter, Settler,
     apalis_backend::{JobError, StreamsBackend},
 };
-use fleet_runtime::{Shutdown, TenantsHandle};
+use fleet_runtime::{Shutdown, Tenants, TenantsHandle};
 use fleet_store::{OutboundRecord, OutboundState, Store};
 use governor::{DefaultDirectRateLimiter, Quota};
 use rand::Rng;
@@ -317,9 +317,12 @@ fn defer(delay: Duration, reason: &'static str) -> JobError {
     JobError::Defer(delay)
 }
 
-/// The apalis handler: one delivery, start to outcome. The backend's middleware settles the
-/// outcome; a settlement that fails leaves the entry pending, and stalled recovery hands it out
-/// again, where the "already sent" record protects it.
+/// The apalis handler: one delivery, start to outcome, in four steps: a send slot and the
+/// delivery's sender ([`resolve`]), whether it was sent before ([`sent_before`]), admission by
+/// the rate limits and the fence ([`admit`], [`pass_fence`]), then the send and its record
+/// ([`send_and_record`]). The backend's middleware settles the outcome; a settlement that fails
+/// leaves the entry pending, and stalled recovery hands it out again, where the "already sent"
+/// record protects it.
 async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>, settler: Data<Settler>) -> Result<(), JobError> {
     // Fair (FIFO) and never closed. Dropped with the gauge's guard once the send is over. A job
     // still waiting for a slot when shutdown begins has not started: it goes back to the queue
@@ -335,6 +338,28 @@ async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>, settler: Data<Settler>) -> Res
         dead("decode", mask(&e.to_string()))
     })?;
     let tenants = ctx.tenants.current();
+    let account = resolve(&ctx, &d, &message, &tenants).await?;
+    match sent_before(&ctx, &d, &message).await? {
+        Earlier::NotSent => {}
+        Earlier::Recorded => return Ok(()),
+        // Sent by an earlier delivery that stopped before its record was written: record, never
+        // send.
+        Earlier::RecordPending(id) => return record_sent(&ctx, &d, &message, id, send_slot).await,
+    }
+    let (scope, sender_rate) = sender_scope(account, ctx.config.sender_burst);
+    admit(&ctx, &d, &message, &scope, sender_rate).await?;
+    pass_fence(&ctx, &settler, &d).await?;
+    send_and_record(&ctx, &d, &message, account, send_slot).await
+}
+
+/// The tenant's account the delivery goes out from; a dead letter when the tenant or its
+/// provider settings are gone.
+async fn resolve<'t>(
+    ctx: &Ctx,
+    d: &Delivery,
+    message: &OutboundMessage,
+    tenants: &'t Tenants,
+) -> Result<Account<'t>, JobError> {
     let Some(tenant) = tenants.get(&message.tenant) else {
         return Err(dead(
             "unknown_tenant",
@@ -345,8 +370,8 @@ async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>, settler: Data<Settler>) -> Res
     let Some(account) = tenant.accounts().get(provider) else {
         let error = format!("tenant {:?} has no {provider} settings", tenant.id);
         let rec = record_for(
-            &d,
-            &message,
+            d,
+            message,
             OutboundState::Failed,
             d.attempts + 1,
             Some(error.clone()),
@@ -355,64 +380,93 @@ async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>, settler: Data<Settler>) -> Res
         record(&ctx.record_tx, None, rec).await;
         return Err(dead("no_provider", error));
     };
-    let (scope, sender_rate) = sender_scope(account, ctx.config.sender_burst);
+    Ok(account)
+}
 
-    // Sent before? Asked for every delivery, whatever its attempt count (a replay resets it).
-    match ctx.ledger.sent(d.job_id.as_str()).await {
-        Ok(Some(_)) => {
-            // Sent and recorded by an earlier delivery (a crash between record and ack, a replay).
-            metrics::counter!("fleet_outbound_already_sent_total", "provider" => provider.as_str())
-                .increment(1);
-            return Ok(());
-        }
-        Ok(None) => {}
+/// What an earlier delivery of the same job did.
+enum Earlier {
+    /// Nothing known: this delivery sends.
+    NotSent,
+    /// Sent and recorded (a crash between record and ack, a replay): nothing left to do.
+    Recorded,
+    /// Sent, but its process stopped before the record was written, and gave the job back with a
+    /// note: record it (with the provider's id when known), never send it again.
+    RecordPending(Option<String>),
+}
+
+/// Whether the message went out already, asked for every delivery whatever its attempt count (a
+/// replay resets it). A sent record that cannot be read defers the job: sending blind could send
+/// twice.
+async fn sent_before(
+    ctx: &Ctx,
+    d: &Delivery,
+    message: &OutboundMessage,
+) -> Result<Earlier, JobError> {
+    let earlier = match ctx.ledger.sent(d.job_id.as_str()).await {
+        Ok(Some(_)) => Earlier::Recorded,
+        Ok(None) => match &message.sent {
+            Some(note) => Earlier::RecordPending(note.provider_message_id.clone()),
+            None => Earlier::NotSent,
+        },
         Err(e) => {
             warn!(job = %d.job_id, error = %e, "cannot read the sent record; deferring the job");
             return Err(defer(LEDGER_UNAVAILABLE_PAUSE, "ledger"));
         }
-    }
-    // Sent by an earlier delivery that stopped before its record was written: record, never send.
-    if let Some(note) = &message.sent {
-        metrics::counter!("fleet_outbound_already_sent_total", "provider" => provider.as_str())
+    };
+    if !matches!(earlier, Earlier::NotSent) {
+        metrics::counter!("fleet_outbound_already_sent_total", "provider" => message.provider.as_str())
             .increment(1);
-        let id = note.provider_message_id.clone();
-        return record_sent(&ctx, &d, &message, id, send_slot).await;
     }
+    Ok(earlier)
+}
 
-    admit(&ctx, &d, &message, &scope, sender_rate).await?;
-
-    // Right before the send: the entry must still be ours, and no earlier holder's send in doubt.
+/// Right before the send: the entry must still be ours, and no earlier holder's send in doubt.
+async fn pass_fence(ctx: &Ctx, settler: &Settler, d: &Delivery) -> Result<(), JobError> {
     let in_doubt_wait = Duration::from_millis(ctx.config.in_doubt_wait_ms);
-    match settler.fence(&d, in_doubt_wait).await {
-        Ok(Fence::Go) => {}
+    match settler.fence(d, in_doubt_wait).await {
+        Ok(Fence::Go) => Ok(()),
         Ok(Fence::Lost) => {
             warn!(job = %d.job_id, "lease lost before the send (the process was frozen or cut off); not sending");
             metrics::counter!("fleet_outbound_lease_lost_total").increment(1);
-            return Err(JobError::LeaseLost);
+            Err(JobError::LeaseLost)
         }
         Ok(Fence::InDoubt { age }) => {
             debug!(job = %d.job_id, age_ms = age.as_millis() as u64, "an earlier send of this job is in doubt; waiting for its record");
             let wait = in_doubt_wait.saturating_sub(age).min(IN_DOUBT_RECHECK);
-            return Err(defer(wait.max(Duration::from_millis(1)), "in_doubt"));
+            Err(defer(wait.max(Duration::from_millis(1)), "in_doubt"))
         }
         Err(e) => {
             warn!(job = %d.job_id, error = %e, "cannot pass the send fence; deferring the job");
-            return Err(defer(LIMITER_UNAVAILABLE_PAUSE, "fence"));
+            Err(defer(LIMITER_UNAVAILABLE_PAUSE, "fence"))
         }
     }
+}
 
+/// The send, and what its outcome means for the record and the job: sent (recorded, then
+/// acknowledged), retry, or dead letter.
+async fn send_and_record(
+    ctx: &Ctx,
+    d: &Delivery,
+    message: &OutboundMessage,
+    account: Account<'_>,
+    send_slot: impl Sized,
+) -> Result<(), JobError> {
+    let provider = message.provider;
     let started = Instant::now();
-    let outcome = ctx.senders.send(account, &message, d.job_id.as_str()).await;
+    let outcome = ctx.senders.send(account, message, d.job_id.as_str()).await;
     metrics::histogram!("fleet_outbound_send_duration_seconds", "provider" => provider.as_str())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("fleet_outbound_sends_total", "provider" => provider.as_str(), "outcome" => outcome.label())
         .increment(1);
 
     let attempts = d.attempts + 1;
+    let failed = |state: OutboundState, reason: &str| {
+        record_for(d, message, state, attempts, Some(reason.to_owned()), None)
+    };
     match outcome {
         SendOutcome::Sent {
             provider_message_id,
-        } => record_sent(&ctx, &d, &message, Some(provider_message_id), send_slot).await,
+        } => record_sent(ctx, d, message, Some(provider_message_id), send_slot).await,
         SendOutcome::Retry { after, reason } | SendOutcome::RateLimited { after, reason } => {
             let how = after.map_or(RetryAfter::Backoff, RetryAfter::Exactly);
             debug!(job = %d.job_id, tenant = %message.tenant, %provider, %reason, "send failed; retrying");
@@ -422,8 +476,7 @@ async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>, settler: Data<Settler>) -> Res
             } else {
                 OutboundState::Queued
             };
-            let rec = record_for(&d, &message, state, attempts, Some(reason.clone()), None);
-            record(&ctx.record_tx, None, rec).await;
+            record(&ctx.record_tx, None, failed(state, &reason)).await;
             Err(JobError::Retry {
                 after: how,
                 error: reason,
@@ -431,29 +484,13 @@ async fn handle(d: Delivery, ctx: Data<Arc<Ctx>>, settler: Data<Settler>) -> Res
         }
         SendOutcome::Permanent { reason } => {
             info!(job = %d.job_id, tenant = %message.tenant, %provider, %reason, "permanent send failure; dead-lettered");
-            let rec = record_for(
-                &d,
-                &message,
-                OutboundState::Failed,
-                attempts,
-                Some(reason.clone()),
-                None,
-            );
-            record(&ctx.record_tx, None, rec).await;
+            record(&ctx.record_tx, None, failed(OutboundState::Failed, &reason)).await;
             Err(dead("permanent", reason))
         }
         SendOutcome::AuthFailed { reason } => {
             error!(tenant = %message.tenant, %provider, %reason, "the provider refused the tenant's credentials");
             metrics::counter!("fleet_outbound_auth_failures_total", "tenant" => message.tenant.clone()).increment(1);
-            let rec = record_for(
-                &d,
-                &message,
-                OutboundState::Failed,
-                attempts,
-                Some(reason.clone()),
-                None,
-            );
-            record(&ctx.record_tx, None, rec).await;
+            record(&ctx.record_tx, None, failed(OutboundState::Failed, &reason)).await;
             Err(dead("auth", reason))
         }
     }
