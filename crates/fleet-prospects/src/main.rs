@@ -64,7 +64,8 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
     );
     fleet_queue::describe_metrics();
     let connected: Connected<Broker> = Connected::new();
-    let check_store = store.clone();
+    // Ready for Postgres once the schema is migrated (when asked to) and while it answers.
+    let database: Connected<Store> = Connected::new();
     service
         .serve_admin(|admin| {
             admin
@@ -72,10 +73,10 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
                     "redis",
                     connected.check("redis", |b: Broker| async move { b.ping().await }),
                 )
-                .with_check("postgres", move || {
-                    let s = check_store.clone();
-                    async move { s.ping().await.map_err(|e| e.to_string()) }
-                })
+                .with_check(
+                    "postgres",
+                    database.check("postgres", |s: Store| async move { s.ping().await }),
+                )
         })
         .await?;
     let connect = Broker::connect_patiently(&common.redis_url, &common.key_prefix);
@@ -96,6 +97,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         };
         tracing::info!("migrations applied");
     }
+    database.set(store.clone());
 
     // Reply rules change without a restart: SIGHUP reloads the tenants file.
     if let Err(e) = tenants.reload_on_sighup(service.shutdown().clone()) {

@@ -69,36 +69,22 @@ pub fn build_client(config: &HttpConfig) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-/// Sends a prepared request and classifies whatever comes back, giving up after `timeout` (plus
-/// [`ANSWER_GRACE`] for an answer that is already there).
+/// Sends a prepared request and classifies whatever comes back, within `timeout` (plus
+/// [`ANSWER_GRACE`] for an answer that is already there). A 2xx whose body does not finish in
+/// time, or breaks off, is still a 2xx: the provider accepted the message.
 pub(crate) async fn execute(
     provider: Provider,
     request: reqwest::RequestBuilder,
     timeout: Duration,
 ) -> SendOutcome {
-    let exchange = std::pin::pin!(exchange(provider, request));
-    let mut exchange = exchange;
-    match tokio::time::timeout(timeout, &mut exchange).await {
-        Ok(outcome) => outcome,
-        // The timer fired: the exchange gets one short grace before it counts as timed out.
-        Err(_) => match tokio::time::timeout(ANSWER_GRACE, exchange).await {
-            Ok(outcome) => outcome,
-            Err(_) => classify(
-                provider,
-                &Attempt::Transport(TransportError::Timeout),
-                SystemTime::now(),
-            ),
-        },
-    }
-}
-
-/// The request and the bounded read of its answer, classified.
-async fn exchange(provider: Provider, request: reqwest::RequestBuilder) -> SendOutcome {
-    let mut response = match request.send().await {
-        Ok(r) => r,
-        Err(e) => return transport(provider, &e),
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut response = match within(deadline, request.send()).await {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return transport(provider, &e),
+        None => return timed_out(provider),
     };
     let status = response.status().as_u16();
+    let accepted = (200..300).contains(&status);
     let retry_after = response
         .headers()
         .get(reqwest::header::RETRY_AFTER)
@@ -106,18 +92,19 @@ async fn exchange(provider: Provider, request: reqwest::RequestBuilder) -> SendO
         .map(str::to_owned);
     let mut body = Vec::new();
     loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
+        match within(deadline, response.chunk()).await {
+            Some(Ok(Some(chunk))) => {
                 let room = MAX_ANSWER_BYTES.saturating_sub(body.len());
                 body.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 if body.len() >= MAX_ANSWER_BYTES {
                     break;
                 }
             }
-            Ok(None) => break,
-            // A 2xx whose body broke off is still a 2xx: the message was accepted.
-            Err(e) if !(200..300).contains(&status) => return transport(provider, &e),
-            Err(_) => break,
+            Some(Ok(None)) => break,
+            Some(Err(e)) if !accepted => return transport(provider, &e),
+            None if !accepted => return timed_out(provider),
+            // A 2xx whose body broke off or is late: accepted all the same.
+            Some(Err(_)) | None => break,
         }
     }
     let attempt = Attempt::Response {
@@ -126,6 +113,30 @@ async fn exchange(provider: Provider, request: reqwest::RequestBuilder) -> SendO
         body: &body,
     };
     classify(provider, &attempt, SystemTime::now())
+}
+
+/// `step` until `deadline`, then until `deadline` + [`ANSWER_GRACE`] for what is already there;
+/// `None` when both have passed. The grace is one fixed instant, so a body that trickles cannot
+/// stretch it chunk by chunk.
+async fn within<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    step: F,
+) -> Option<F::Output> {
+    let mut step = std::pin::pin!(step);
+    match tokio::time::timeout_at(deadline, &mut step).await {
+        Ok(out) => Some(out),
+        Err(_) => tokio::time::timeout_at(deadline + ANSWER_GRACE, step)
+            .await
+            .ok(),
+    }
+}
+
+fn timed_out(provider: Provider) -> SendOutcome {
+    classify(
+        provider,
+        &Attempt::Transport(TransportError::Timeout),
+        SystemTime::now(),
+    )
 }
 
 fn transport(provider: Provider, e: &reqwest::Error) -> SendOutcome {
@@ -149,6 +160,15 @@ mod tests {
     /// A one-shot HTTP server on its own OS thread: reports when the request has arrived, then
     /// answers a Meta "accepted" once told to.
     fn server() -> (String, mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let body = r#"{"messages":[{"id":"wamid.frozen"}]}"#;
+        server_answering(format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    }
+
+    /// Like [`server`], with the bytes of the answer given.
+    fn server_answering(answer: String) -> (String, mpsc::Receiver<()>, mpsc::Sender<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/messages", listener.local_addr().unwrap());
         let (arrived_tx, arrived) = mpsc::channel();
@@ -159,13 +179,7 @@ mod tests {
             let _ = socket.read(&mut buf).unwrap();
             arrived_tx.send(()).unwrap();
             go_rx.recv().unwrap();
-            let body = r#"{"messages":[{"id":"wamid.frozen"}]}"#;
-            write!(
-                socket,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .unwrap();
+            socket.write_all(answer.as_bytes()).unwrap();
             // Keep the connection open until the client is done.
             let _ = socket.read(&mut buf);
         });
@@ -215,6 +229,29 @@ mod tests {
         assert!(
             matches!(&outcome, SendOutcome::Retry { reason, .. } if reason.contains("timeout")),
             "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_2xx_whose_body_stalls_past_the_timeout_is_still_sent() {
+        // Headers of an acceptance, then a body that never finishes: the provider accepted the
+        // message, so retrying it would send it twice.
+        let (url, arrived, go) = server_answering(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"mess"
+                .to_owned(),
+        );
+        let client = build_client(&HttpConfig::default()).unwrap();
+        go.send(()).unwrap();
+        let outcome = execute(
+            Provider::Meta,
+            client.post(url).body("{}"),
+            Duration::from_millis(300),
+        )
+        .await;
+        drop(arrived);
+        assert!(
+            matches!(outcome, SendOutcome::Sent { .. }),
+            "a late body after a 200 is not a failure: {outcome:?}"
         );
     }
 }

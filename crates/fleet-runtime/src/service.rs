@@ -24,6 +24,7 @@ use std::{
 };
 
 use futures::{FutureExt, future::BoxFuture};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
 
 use crate::{AdminState, CommonConfig, Shutdown, drain_with_timeout};
@@ -36,6 +37,7 @@ pub const PATIENT_MAX_DELAY: Duration = Duration::from_secs(5);
 /// A running service: its shutdown signal and, once served, its admin server.
 pub struct Service {
     name: &'static str,
+    metrics: PrometheusHandle,
     shutdown: Shutdown,
     admin_addr: SocketAddr,
     admin: Option<(Shutdown, JoinHandle<std::io::Result<()>>)>,
@@ -52,10 +54,14 @@ impl Service {
         admin_port: u16,
     ) -> Service {
         crate::init_tracing(common.log_format);
+        // Installed before anything records or describes a metric: descriptions registered
+        // before the recorder exists are lost.
+        let metrics = crate::install_metrics();
         let shutdown = Shutdown::new();
         shutdown.cancel_on_signal();
         Service {
             name,
+            metrics,
             shutdown,
             admin_addr: common.admin_addr_for(admin_section, admin_port),
             admin: None,
@@ -78,7 +84,7 @@ impl Service {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on the admin address {addr}: {e}"))?;
         let state =
-            checks(AdminState::new(crate::install_metrics())).with_shutdown(self.shutdown.clone());
+            checks(AdminState::new(self.metrics.clone())).with_shutdown(self.shutdown.clone());
         let stop = Shutdown::new();
         let task = tokio::spawn(crate::serve_admin(listener, state, stop.cancelled()));
         self.admin = Some((stop, task));
@@ -135,8 +141,14 @@ impl Service {
                 }
             }
         };
+        let (asked_to_stop, name) = (self.shutdown.is_cancelled(), self.name);
         self.stop_admin().await;
         match result {
+            // A worker that ends without being asked is a fault: exit non-zero, so a supervisor
+            // restarts it rather than leaving the service down with a "clean" exit.
+            Some(Ok(Ok(()))) if !asked_to_stop => Err(anyhow::anyhow!(
+                "the work of {name} ended without being asked to stop"
+            )),
             Some(Ok(outcome)) => outcome,
             Some(Err(join)) => Err(anyhow::anyhow!("the work task failed: {join}")),
             None => Ok(()),

@@ -57,6 +57,12 @@ impl Error {
             Error::InvalidUrl => ErrorClass::Other,
             Error::InvalidEvent { .. } => ErrorClass::Data,
             Error::Database(e) => classify_sqlx(e),
+            // A migration that failed because Postgres went away (a restart mid-run) is an
+            // outage, to be waited out; a bad migration is not.
+            Error::Migrate(
+                sqlx::migrate::MigrateError::Execute(e)
+                | sqlx::migrate::MigrateError::ExecuteMigration(e, _),
+            ) => classify_sqlx(e),
             Error::Migrate(_) => ErrorClass::Other,
         }
     }
@@ -148,5 +154,18 @@ mod tests {
             .is_data()
         );
         assert_eq!(Error::InvalidUrl.class(), ErrorClass::Other);
+    }
+
+    #[test]
+    fn a_migration_cut_off_by_an_outage_is_transient_a_bad_one_is_not() {
+        use sqlx::migrate::MigrateError;
+        let cut = Error::Migrate(MigrateError::Execute(sqlx::Error::PoolTimedOut));
+        assert!(cut.is_transient());
+        let mid_run = Error::Migrate(MigrateError::ExecuteMigration(sqlx::Error::PoolClosed, 3));
+        assert!(mid_run.is_transient(), "{:?}", mid_run.class());
+        assert_eq!(
+            Error::Migrate(MigrateError::VersionMissing(3)).class(),
+            ErrorClass::Other
+        );
     }
 }

@@ -421,7 +421,8 @@ pub async fn run(opts: RunOptions) -> Result<RunResult> {
                     max_connections: 4,
                     acquire_timeout: Duration::from_secs(10),
                     application_name: "fleet-loadgen".into(),
-                    ..PoolOptions::default()
+                    // The end-of-run counts read whole tables of a long run.
+                    statement_timeout: Duration::from_secs(600),
                 },
             )
             .context("bad Postgres URL")?;

@@ -21,13 +21,13 @@ use super::{FaultLog, Ledger, status_rank};
 pub const QUEUES: [&str; 2] = ["inbound", "outbound"];
 /// Priorities, highest first, as the stream keys name them.
 pub const PRIORITIES: [&str; 3] = ["high", "normal", "low"];
+/// How long before the simulator's acceptance an outbound SIGKILL may be stamped and still have
+/// caught the send in flight: the fault log stamps a kill when the suite issues it, and the
+/// simulator, still deciding a request it had read, learns of the hang-up a moment later (200 ms
+/// seen on a loaded machine). A kill this close before a first acceptance is inside that send's
+/// provider-to-record window.
+const IN_FLIGHT_MS: u64 = 1_000;
 /// Entries per `XRANGE` page when counting waiting entries.
-/// How long before the simulator's acceptance a send's request may have left its sender: the
-/// longest the suite's simulator holds a request (the slow provider, 3 s) plus a second of
-/// scheduling on a loaded machine. An outbound SIGKILL this close before a first acceptance
-/// killed the sender with the request in flight, inside its provider-to-record window.
-const IN_FLIGHT_MS: u64 = 4_000;
-
 const XRANGE_PAGE: usize = 1_000;
 /// Most pages counted per stream (ten million entries): the count is a lower bound beyond it.
 const MAX_XRANGE_PAGES: usize = 10_000;
@@ -881,14 +881,22 @@ fn replies(
         let recorded = row.and_then(|r| r.provider_message_id.as_deref());
         let mut excuse = None;
         let mut why = String::new();
+        // Each kill excuses at most one resend of a key: the copy after it was sent by a live
+        // process.
+        let mut used: Vec<u64> = Vec::new();
         for pair in copies.windows(2) {
             let (first, next) = (pair[0], pair[1]);
             // The window opens when the request leaves the sender, which is before the
             // simulator accepts it: a process killed with its request in flight is accepted
             // after its death.
             let kill = kills.iter().find(|(_, at)| {
-                *at + IN_FLIGHT_MS >= first.accepted_at_ms && *at <= next.accepted_at_ms
+                *at + IN_FLIGHT_MS >= first.accepted_at_ms
+                    && *at <= next.accepted_at_ms
+                    && !used.contains(at)
             });
+            if let Some((_, at)) = kill {
+                used.push(*at);
+            }
             let first_recorded = recorded == Some(first.message_id.as_str());
             match (kill, first_recorded) {
                 (Some((target, at)), false) if *at >= first.accepted_at_ms => {
