@@ -77,8 +77,8 @@ pub(crate) async fn execute(
     request: reqwest::RequestBuilder,
     timeout: Duration,
 ) -> SendOutcome {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut response = match within(deadline, request.send()).await {
+    let mut clock = AnswerClock::new(timeout);
+    let mut response = match clock.within(request.send()).await {
         Some(Ok(r)) => r,
         Some(Err(e)) => return transport(provider, &e),
         None => return timed_out(provider),
@@ -92,7 +92,7 @@ pub(crate) async fn execute(
         .map(str::to_owned);
     let mut body = Vec::new();
     loop {
-        match within(deadline, response.chunk()).await {
+        match clock.within(response.chunk()).await {
             Some(Ok(Some(chunk))) => {
                 let room = MAX_ANSWER_BYTES.saturating_sub(body.len());
                 body.extend_from_slice(&chunk[..chunk.len().min(room)]);
@@ -115,19 +115,36 @@ pub(crate) async fn execute(
     classify(provider, &attempt, SystemTime::now())
 }
 
-/// `step` until `deadline`, then until `deadline` + [`ANSWER_GRACE`] for what is already there;
-/// `None` when both have passed. The grace is one fixed instant, so a body that trickles cannot
-/// stretch it chunk by chunk.
-async fn within<F: std::future::Future>(
+/// The time an answer gets: until the deadline, then one [`ANSWER_GRACE`] that starts when the
+/// deadline is first seen to have passed (after a freeze, that is when the process wakes, so the
+/// grace is real time to read what arrived meanwhile) and is shared by every later step (so a
+/// body that trickles cannot stretch it chunk by chunk).
+struct AnswerClock {
     deadline: tokio::time::Instant,
-    step: F,
-) -> Option<F::Output> {
-    let mut step = std::pin::pin!(step);
-    match tokio::time::timeout_at(deadline, &mut step).await {
-        Ok(out) => Some(out),
-        Err(_) => tokio::time::timeout_at(deadline + ANSWER_GRACE, step)
-            .await
-            .ok(),
+    grace_until: Option<tokio::time::Instant>,
+}
+
+impl AnswerClock {
+    fn new(timeout: Duration) -> Self {
+        AnswerClock {
+            deadline: tokio::time::Instant::now() + timeout,
+            grace_until: None,
+        }
+    }
+
+    /// `step`'s output, or `None` when its time (deadline, then the grace) ran out.
+    async fn within<F: std::future::Future>(&mut self, step: F) -> Option<F::Output> {
+        let mut step = std::pin::pin!(step);
+        let grace_until = match self.grace_until {
+            Some(at) => at,
+            None => match tokio::time::timeout_at(self.deadline, &mut step).await {
+                Ok(out) => return Some(out),
+                Err(_) => *self
+                    .grace_until
+                    .insert(tokio::time::Instant::now() + ANSWER_GRACE),
+            },
+        };
+        tokio::time::timeout_at(grace_until, step).await.ok()
     }
 }
 
