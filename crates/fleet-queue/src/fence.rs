@@ -5,9 +5,12 @@
 //! hands the job to another worker, which finds no record and would act again, while the first
 //! one, on waking, completes its own effect or writes its record. The fence closes that gap: right
 //! before the effect, one script confirms that this consumer still holds the entry (a reclaimed
-//! holder stops there) and leaves a mark, `<consumer>|<time>`, on the job. A later holder that
-//! finds another holder's mark younger than the in-doubt wait knows an attempt may be under way
-//! whose outcome is not recorded yet, and waits for that record instead of acting. Recording an
+//! holder stops there) and leaves a mark, `<consumer>/<entry id>|<time>`, on the job. A later
+//! delivery that finds another delivery's mark younger than the in-doubt wait knows an attempt may
+//! be under way whose outcome is not recorded yet, and waits for that record instead of acting.
+//! The mark names the delivery, not the consumer: a process frozen past its lease wakes with its
+//! first attempt still in flight and can read the job's reclaimed copy under the same consumer
+//! name (chaos seed 270945 sent 39 replies twice that way); the copy waits like any other. Recording an
 //! outcome clears the mark ([`Queue::clear_fences`]); a mark older than the wait is taken over (its
 //! holder is taken for dead: the one window where a second effect remains possible is a process
 //! killed between its effect and its record).
@@ -25,7 +28,8 @@ pub enum Fence {
     Go,
     /// The entry was reclaimed: another worker has the job now; this holder must not act.
     Lost,
-    /// Another holder marked the job `age` ago and its outcome is not recorded: wait for it.
+    /// Another delivery (another holder's, or an earlier one of this consumer's) marked the job
+    /// `age` ago and its outcome is not recorded: wait for it.
     InDoubt {
         /// The mark's age.
         age: Duration,

@@ -11,7 +11,7 @@
 //! | `<prefix>:{<queue>}:dead` | stream | dead letters, with reason, attempts, last error, original id |
 //! | `<prefix>:{<queue>}:paused` | string | present while the queue is paused |
 //! | `<prefix>:{<queue>}:lease` | string | the lease in ms the scheduler enforces, for the consumers' heartbeats |
-//! | `<prefix>:{<queue>}:fence:<job id>` | string | `<consumer>\|<ms>`: an at-most-once effect of the job is under way and its outcome not recorded yet (see `fence.lua`) |
+//! | `<prefix>:{<queue>}:fence:<job id>` | string | `<consumer>/<entry id>\|<ms>`: an at-most-once effect of the job is under way and its outcome not recorded yet (see `fence.lua`) |
 //! | `<prefix>:{<queue>}:idem:<key>` | string | the job id first enqueued under an idempotency key, with a TTL |
 //! | `<prefix>:{<queue>}:sync` | string | a marker written only so a following `WAIT` covers earlier appends (see `durability.rs`), with a TTL |
 //! | `<prefix>:{<queue>}:<priority>:count` | hash | progress of a recount of the stream's waiting entries, or the proof that the group's read counter is right (see `waiting.rs`) |

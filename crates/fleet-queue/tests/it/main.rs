@@ -10,6 +10,7 @@ mod clock;
 mod consume;
 mod consumers;
 mod enqueue;
+mod fence;
 mod leases;
 mod maintenance;
 mod model;
