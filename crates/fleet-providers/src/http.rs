@@ -118,33 +118,57 @@ pub(crate) async fn execute(
 /// The time an answer gets: until the deadline, then one [`ANSWER_GRACE`] that starts when the
 /// deadline is first seen to have passed (after a freeze, that is when the process wakes, so the
 /// grace is real time to read what arrived meanwhile) and is shared by every later step (so a
-/// body that trickles cannot stretch it chunk by chunk).
+/// body that trickles cannot stretch it chunk by chunk). A grace that itself runs out while the
+/// process is frozen (its timer seen more than [`LATE`] after it was due) starts again on waking,
+/// at most [`LATE_GRACES_MAX`] times: chaos seed 270945 froze a sender inside its grace, and on
+/// waking the expired grace beat the answer waiting in its socket.
 struct AnswerClock {
     deadline: tokio::time::Instant,
     grace_until: Option<tokio::time::Instant>,
+    late_graces: u32,
 }
+
+/// A timer seen this much later than it was due says the process (or its runtime) did not run
+/// meanwhile: what arrived then has not been read yet.
+const LATE: Duration = Duration::from_millis(50);
+/// Most graces restarted for waking late, per send.
+const LATE_GRACES_MAX: u32 = 3;
 
 impl AnswerClock {
     fn new(timeout: Duration) -> Self {
         AnswerClock {
             deadline: tokio::time::Instant::now() + timeout,
             grace_until: None,
+            late_graces: 0,
         }
     }
 
     /// `step`'s output, or `None` when its time (deadline, then the grace) ran out.
     async fn within<F: std::future::Future>(&mut self, step: F) -> Option<F::Output> {
         let mut step = std::pin::pin!(step);
-        let grace_until = match self.grace_until {
+        let mut grace_until = match self.grace_until {
             Some(at) => at,
             None => match tokio::time::timeout_at(self.deadline, &mut step).await {
                 Ok(out) => return Some(out),
-                Err(_) => *self
-                    .grace_until
-                    .insert(tokio::time::Instant::now() + ANSWER_GRACE),
+                Err(_) => tokio::time::Instant::now() + ANSWER_GRACE,
             },
         };
-        tokio::time::timeout_at(grace_until, step).await.ok()
+        loop {
+            self.grace_until = Some(grace_until);
+            match tokio::time::timeout_at(grace_until, &mut step).await {
+                Ok(out) => return Some(out),
+                Err(_) => {
+                    let now = tokio::time::Instant::now();
+                    if now.saturating_duration_since(grace_until) <= LATE
+                        || self.late_graces >= LATE_GRACES_MAX
+                    {
+                        return None;
+                    }
+                    self.late_graces += 1;
+                    grace_until = now + ANSWER_GRACE;
+                }
+            }
+        }
     }
 }
 
@@ -230,6 +254,32 @@ mod tests {
         assert!(
             matches!(outcome, SendOutcome::Sent { .. }),
             "a timed-out send would be retried: {outcome:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_grace_that_ran_out_while_the_process_was_frozen_starts_again() {
+        // Chaos seed 270945: the deadline passed and was seen (the grace began), then the process
+        // froze past the end of the grace while the answer arrived. On waking, the runtime polled
+        // the send's expired timer before the connection task that reads the answer, and the
+        // send counted as timed out: retried, a second send. Here the answer is read by another
+        // task whose wake-up comes after the grace's, and the freeze is the clock jumping past
+        // both with no task polled meanwhile (tokio's paused clock: no wall-clock timing).
+        let timeout = Duration::from_millis(300);
+        let start = tokio::time::Instant::now();
+        let (answer_tx, answer) = tokio::sync::oneshot::channel::<()>();
+        let send = tokio::spawn(async move { AnswerClock::new(timeout).within(answer).await });
+        // The process runs past the deadline: the send sees it and its grace begins.
+        tokio::time::sleep_until(start + timeout + ANSWER_GRACE / 4).await;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start + timeout + ANSWER_GRACE * 2).await;
+            let _ = answer_tx.send(());
+        });
+        // The freeze.
+        tokio::time::advance(ANSWER_GRACE * 3).await;
+        assert!(
+            matches!(send.await.unwrap(), Some(Ok(()))),
+            "the answer that arrived during the freeze must be read, not timed out"
         );
     }
 
