@@ -7,7 +7,7 @@ use clap::Parser;
 use fleet_ingest::{AppState, IngestConfig};
 use fleet_queue::Broker;
 use fleet_runtime::{
-    CommonArgs, CommonConfig,
+    CommonArgs, CommonConfig, TenantsHandle,
     config::admin_ports,
     service::{self, Service},
 };
@@ -31,7 +31,7 @@ async fn main() -> ExitCode {
 async fn start(args: Args) -> anyhow::Result<()> {
     let common = CommonConfig::load(&args.common)?;
     let config = IngestConfig::from_common(&common)?;
-    let tenants = common.load_tenants()?;
+    let tenants = TenantsHandle::load(&common.tenants_path)?;
 
     let mut service = Service::start("fleet-ingest", &common, "ingest", admin_ports::INGEST);
     fleet_queue::describe_metrics();

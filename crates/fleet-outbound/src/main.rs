@@ -7,7 +7,7 @@ use clap::Parser;
 use fleet_outbound::OutboundConfig;
 use fleet_queue::Broker;
 use fleet_runtime::{
-    CommonArgs, CommonConfig,
+    CommonArgs, CommonConfig, TenantsHandle,
     config::admin_ports,
     service::{self, Connected, Service},
 };
@@ -52,7 +52,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         config.recipient_interval_ms = ms;
     }
     config.validate().map_err(anyhow::Error::msg)?;
-    let tenants = common.load_tenants()?;
+    let tenants = TenantsHandle::load(&common.tenants_path)?;
     let pool = fleet_store::PoolOptions {
         application_name: "fleet-outbound".into(),
         ..Default::default()

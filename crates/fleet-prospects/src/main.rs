@@ -7,7 +7,7 @@ use clap::Parser;
 use fleet_prospects::Section;
 use fleet_queue::Broker;
 use fleet_runtime::{
-    CommonArgs, CommonConfig,
+    CommonArgs, CommonConfig, TenantsHandle,
     config::admin_ports,
     service::{self, Connected, Service},
 };
@@ -53,7 +53,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
     section.db_max_connections = cli.db_max_connections.or(section.db_max_connections);
     let config = section.config();
     config.validate().map_err(anyhow::Error::msg)?;
-    let tenants = common.load_tenants()?;
+    let tenants = TenantsHandle::load(&common.tenants_path)?;
     let store = Store::connect(&common.database_url, &section.pool())?;
 
     let mut service = Service::start(

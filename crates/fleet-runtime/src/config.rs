@@ -7,7 +7,6 @@
 //! The environment is read through the [`Env`] trait so tests can inject a map instead of mutating the process environment.
 
 use std::{
-    collections::HashMap,
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -16,7 +15,11 @@ use std::{
 
 use serde::{Deserialize, de::DeserializeOwned};
 
-use crate::telemetry::LogFormat;
+use crate::{
+    env::{Env, ProcessEnv},
+    telemetry::LogFormat,
+    toml_error::{redact_serde_values, toml_error_line},
+};
 
 /// Default Redis URL (contract: `REDIS_URL`).
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -37,36 +40,6 @@ pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
 
 /// Names of the per-binary sections the config file may hold.
 pub const SECTIONS: [&str; 5] = ["ingest", "prospects", "outbound", "scheduler", "fleetctl"];
-
-/// A source of environment variables.
-///
-/// Production code uses [`ProcessEnv`]; tests pass a `HashMap<String, String>` so parallel tests never share state.
-pub trait Env {
-    /// The value of `name`, or `None` when unset or not valid Unicode.
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The real process environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl Env for HashMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
-}
-
-impl Env for HashMap<&str, &str> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).map(|v| (*v).to_owned())
-    }
-}
 
 /// Reads `name` from `env`, treating an empty value as unset (as shells and compose files often export empty variables).
 fn env_nonempty(env: &dyn Env, name: &str) -> Option<String> {
@@ -230,48 +203,6 @@ impl FileConfig {
     }
 }
 
-/// Describes a TOML error on one line, with its line number, and without the source snippet that toml's own `Display`
-/// prints (the snippet could show a secret from a neighbouring key).
-pub(crate) fn toml_error_line(e: &toml::de::Error, text: &str) -> String {
-    let message = redact_serde_values(&e.message().replace('\n', " "));
-    match e.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {}", message.trim())
-        }
-        None => message.trim().to_owned(),
-    }
-}
-
-/// Drops the quoted value from serde's "invalid type" and "invalid value" messages
-/// (``invalid type: integer `12345`, expected a string`` becomes `invalid type: integer, expected a string`):
-/// the value may be a secret written with the wrong type, such as an unquoted numeric token.
-/// Other messages quote only key and variant names, which are kept because they say what to fix.
-fn redact_serde_values(message: &str) -> String {
-    if !(message.starts_with("invalid type:")
-        || message.starts_with("invalid value:")
-        || message.starts_with("invalid length"))
-    {
-        return message.to_owned();
-    }
-    let mut out = String::with_capacity(message.len());
-    let mut closing: Option<char> = None;
-    for c in message.chars() {
-        match closing {
-            Some(end) if c == end => closing = None,
-            Some(_) => {}
-            None if c == '`' || c == '"' => {
-                closing = Some(c);
-                if out.ends_with(' ') {
-                    out.pop();
-                }
-            }
-            None => out.push(c),
-        }
-    }
-    out
-}
-
 /// Where a setting's value came from; used in error messages so an operator knows which layer to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -349,7 +280,7 @@ pub struct CommonConfig {
     pub database_url: String,
     /// Prefix of every Redis key.
     pub key_prefix: String,
-    /// Tenants file path (not read by `load`: call [`CommonConfig::load_tenants`] where tenants are needed).
+    /// Tenants file path (not read by `load`: a binary that serves tenants passes it to `TenantsHandle::load`).
     pub tenants_path: PathBuf,
     /// The config file that was read, if any.
     pub config_path: Option<PathBuf>,
@@ -833,13 +764,6 @@ impl CommonConfig {
             .or(self.admin_addr)
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port)))
     }
-
-    /// Loads the tenants file named by this config into a reloadable handle.
-    pub fn load_tenants(
-        &self,
-    ) -> Result<crate::tenants::TenantsHandle, crate::tenants::TenantsError> {
-        crate::tenants::TenantsHandle::load(&self.tenants_path)
-    }
 }
 
 /// Default admin ports, one per binary, so replicas of different binaries can share a host without configuration.
@@ -856,6 +780,8 @@ pub mod admin_ports {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -1352,9 +1278,5 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(!msg.contains("s3cr3t"), "{msg}");
-        assert_eq!(
-            redact_serde_values("unknown field `redis_ul`, expected one of `a`"),
-            "unknown field `redis_ul`, expected one of `a`"
-        );
     }
 }

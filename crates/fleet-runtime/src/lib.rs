@@ -3,15 +3,16 @@
 
 pub mod admin;
 pub mod config;
+pub mod env;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tenants;
+mod toml_error;
 
 pub use admin::{AdminState, ReadinessCheck, admin_router, serve_admin};
-pub use config::{
-    CommonArgs, CommonConfig, ConfigError, Env, FileConfig, ProcessEnv, redacted_url,
-};
+pub use config::{CommonArgs, CommonConfig, ConfigError, FileConfig, redacted_url};
+pub use env::{Env, ProcessEnv};
 pub use shutdown::{DrainTimeout, Shutdown, drain_with_timeout, shutdown_signal};
 pub use telemetry::{
     LogFormat, init_test_tracing, init_tracing, install_metrics, prometheus_builder,

@@ -28,7 +28,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::config::{Env, ProcessEnv, toml_error_line};
+use crate::{
+    env::{Env, ProcessEnv},
+    toml_error::toml_error_line,
+};
 
 /// Default ingest admission rate of a tenant, webhooks and send API together.
 pub const DEFAULT_RATE_LIMIT_PER_SECOND: u32 = 1000;
