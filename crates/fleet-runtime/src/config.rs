@@ -4,6 +4,8 @@
 //! `FLEET_CONFIG`, then built-in defaults.
 //! [`CommonArgs`] is flattened into each binary's clap parser; [`CommonConfig::load`] resolves the layers, validates every value
 //! and fails with a one-line [`ConfigError`] that never contains a password.
+//! A setting only one binary uses is that binary's own flag, declared as a [`Setting`] and resolved through the same layers
+//! and errors by [`CommonConfig::resolve`].
 //! The environment is read through the [`Env`] trait so tests can inject a map instead of mutating the process environment.
 
 use std::{
@@ -345,13 +347,17 @@ struct Layered<T> {
 }
 
 /// One setting's name in each layer.
-struct Setting {
+///
+/// The shared settings are declared here; a binary declares its own the same way and resolves them with
+/// [`CommonConfig::resolve`], so every setting gets the same precedence and the same error messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
     /// Key in the config file, also used in error messages.
-    key: &'static str,
+    pub key: &'static str,
     /// Command-line flag.
-    flag: &'static str,
+    pub flag: &'static str,
     /// Environment variable.
-    env: &'static str,
+    pub env: &'static str,
 }
 
 const REDIS_URL: Setting = Setting {
@@ -468,7 +474,8 @@ impl Resolver<'_> {
     }
 }
 
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+/// Parses a socket address such as `0.0.0.0:8080` (a host name is refused: a listener binds an address).
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     SocketAddr::from_str(s)
         .map_err(|_| format!("`{s}` is not a socket address such as 0.0.0.0:8080"))
 }
@@ -518,7 +525,7 @@ fn parse_database_url(s: &str) -> Result<String, String> {
 }
 
 /// Validates an HTTP(S) base URL and returns it without a trailing slash, so callers can append `/path`.
-fn parse_http_base(s: &str) -> Result<String, String> {
+pub fn parse_http_base(s: &str) -> Result<String, String> {
     check_url(s, &["http", "https"]).map(|()| s.trim_end_matches('/').to_owned())
 }
 
@@ -562,7 +569,7 @@ impl CommonConfig {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        Self::resolve(args, env, config_path, file)
+        Self::from_layers(args, env, config_path, file)
     }
 
     /// Like [`CommonConfig::load_from`] with the file's text given directly; `path` labels errors and anchors relative paths.
@@ -573,10 +580,10 @@ impl CommonConfig {
         text: &str,
     ) -> Result<Self, ConfigError> {
         let file = FileConfig::parse(text, path)?;
-        Self::resolve(args, env, Some(path.to_path_buf()), file)
+        Self::from_layers(args, env, Some(path.to_path_buf()), file)
     }
 
-    fn resolve(
+    fn from_layers(
         args: &CommonArgs,
         env: &dyn Env,
         config_path: Option<PathBuf>,
@@ -721,6 +728,33 @@ impl CommonConfig {
             file,
             admin_addr_from_cli_or_env,
         })
+    }
+
+    /// The parsed config file (empty when there is none), whose top-level keys of one binary's settings that binary passes
+    /// to [`CommonConfig::resolve`].
+    pub fn file(&self) -> &FileConfig {
+        &self.file
+    }
+
+    /// Resolves one binary's own setting `s` through the same layers as the shared ones: `flag` (clap's value, which
+    /// holds the environment variable too), then `s.env` read from `env`, then `file` (the setting's key in
+    /// [`CommonConfig::file`]), else `None` for the caller's default.
+    ///
+    /// `parse` validates the value whichever layer gave it; its error names the setting and that layer, like every
+    /// error of [`CommonConfig::load`].
+    pub fn resolve<T>(
+        &self,
+        env: &dyn Env,
+        s: &Setting,
+        flag: Option<&str>,
+        file: Option<String>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        let r = Resolver {
+            env,
+            file_path: self.config_path.as_deref(),
+        };
+        Ok(r.get(s, flag, file, parse)?.map(|l| l.value))
     }
 
     /// Deserializes the per-binary section `name` (`ingest`, `prospects`, `outbound`, `scheduler`, `fleetctl`) into `T`.
@@ -1100,6 +1134,62 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.twilio_api_base, "http://127.0.0.1:9999");
         assert_eq!(cfg.public_url.as_deref(), Some("https://hooks.example.com"));
+    }
+
+    #[test]
+    fn a_binary_setting_resolves_through_the_same_layers_and_errors() {
+        const LIMIT: Setting = Setting {
+            key: "limit",
+            flag: "--limit",
+            env: "FLEET_LIMIT",
+        };
+        let parse = |s: &str| {
+            s.parse::<u32>()
+                .map_err(|_| format!("`{s}` is not a number"))
+        };
+        let cfg = load(&CommonArgs::default(), &[], Some("")).unwrap();
+        let vars = env(&[("FLEET_LIMIT", "2")]);
+        let none = env(&[]);
+        let file = || Some("3".to_owned());
+        let resolve = |vars: &HashMap<String, String>, flag: Option<&str>, file: Option<String>| {
+            cfg.resolve(vars, &LIMIT, flag, file, parse)
+        };
+        assert_eq!(
+            resolve(&vars, Some("1"), file()).unwrap(),
+            Some(1),
+            "flag beats env and file"
+        );
+        assert_eq!(
+            resolve(&vars, Some(" "), file()).unwrap(),
+            Some(2),
+            "a blank flag counts as unset; env beats file"
+        );
+        assert_eq!(resolve(&none, None, file()).unwrap(), Some(3), "file");
+        assert_eq!(
+            resolve(&none, None, None).unwrap(),
+            None,
+            "the caller's default"
+        );
+        let errors = [
+            (
+                resolve(&none, Some("x"), None),
+                "--limit or env FLEET_LIMIT",
+            ),
+            (
+                resolve(&env(&[("FLEET_LIMIT", "x")]), None, None),
+                "env FLEET_LIMIT",
+            ),
+            (
+                resolve(&none, None, Some("x".into())),
+                "config file /etc/fleet/fleet.toml",
+            ),
+        ];
+        for (result, origin) in errors {
+            assert_eq!(
+                result.unwrap_err().to_string(),
+                format!("invalid limit (from {origin}): `x` is not a number")
+            );
+        }
     }
 
     #[derive(Debug, Default, Deserialize, PartialEq)]
