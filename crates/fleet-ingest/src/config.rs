@@ -1,10 +1,23 @@
-//! Ingest's own settings: the shared ones it uses from [`CommonConfig`] plus the `[ingest]`
-//! section of the config file, resolved once at start into [`IngestConfig`].
+//! Ingest's own settings: its flags ([`IngestArgs`]), the shared ones it uses from
+//! [`CommonConfig`] and the `[ingest]` section of the config file, resolved once at start into
+//! [`IngestConfig`].
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
-use fleet_runtime::{CommonConfig, ConfigError};
+use fleet_runtime::{
+    CommonConfig, ConfigError, Env, ProcessEnv,
+    config::{Setting, parse_addr, parse_http_base},
+};
 use serde::Deserialize;
+
+/// Default listen address of webhooks and the send API (contract: `FLEET_INGEST_ADDR`).
+pub const INGEST_ADDR_DEFAULT: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080);
+/// Default high-water mark of waiting entries per queue (contract: `FLEET_QUEUE_HIGH_WATER`).
+pub const QUEUE_HIGH_WATER_DEFAULT: u64 = 1_000_000;
 
 /// Default largest request body: 4 MiB, above Meta's ~3 MB webhook maximum.
 pub const BODY_LIMIT_DEFAULT: usize = 4 * 1024 * 1024;
@@ -22,6 +35,51 @@ pub const RETRY_AFTER_UNAVAILABLE_DEFAULT: Duration = Duration::from_secs(5);
 pub const WAIT_REPLICAS_DEFAULT: u32 = 1;
 /// Default longest wait for those replicas; past it the requests are answered 503 (and retried).
 pub const WAIT_TIMEOUT_DEFAULT: Duration = Duration::from_millis(100);
+
+/// Ingest's own flags, flattened next to `CommonArgs` in its command line.
+///
+/// Like the shared flags, each is an optional string that [`IngestConfig::load`] resolves through
+/// the same layers (flag, environment, the config file's top-level key of the same name, default)
+/// and validates with the same one-line errors; clap also copies the environment variable in, so
+/// `--help` lists it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct IngestArgs {
+    /// Waiting entries of one queue above which ingest answers 503 [default: 1000000].
+    #[arg(long, env = "FLEET_QUEUE_HIGH_WATER", value_name = "N")]
+    pub queue_high_water: Option<String>,
+
+    /// Public base URL of ingest as providers call it [default: taken from the request's Host].
+    #[arg(long, env = "FLEET_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// Ingest listen address [default: 0.0.0.0:8080].
+    #[arg(long, env = "FLEET_INGEST_ADDR", value_name = "ADDR")]
+    pub ingest_addr: Option<String>,
+}
+
+const QUEUE_HIGH_WATER: Setting = Setting {
+    key: "queue_high_water",
+    flag: "--queue-high-water",
+    env: "FLEET_QUEUE_HIGH_WATER",
+};
+const PUBLIC_URL: Setting = Setting {
+    key: "public_url",
+    flag: "--public-url",
+    env: "FLEET_PUBLIC_URL",
+};
+const INGEST_ADDR: Setting = Setting {
+    key: "ingest_addr",
+    flag: "--ingest-addr",
+    env: "FLEET_INGEST_ADDR",
+};
+
+fn parse_high_water(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a positive integer")),
+    }
+}
 
 /// When ingest answers a webhook: how durable its events are by then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +124,9 @@ pub struct IngestSection {
 /// Everything the ingest service needs to know besides its tenants, broker and listener.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
+    /// Where `main` binds the listener of webhooks and the send API (the library serves the
+    /// listener it is given, so tests can bind port 0).
+    pub ingest_addr: SocketAddr,
     /// Largest accepted request body; larger ones get 413.
     pub body_limit: usize,
     /// Body bytes all in-flight requests may hold together; past it new requests get 503, so a
@@ -93,9 +154,10 @@ pub struct IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
+            ingest_addr: INGEST_ADDR_DEFAULT,
             body_limit: BODY_LIMIT_DEFAULT,
             body_bytes_in_flight: BODY_BYTES_IN_FLIGHT_DEFAULT,
-            queue_high_water: fleet_runtime::config::DEFAULT_QUEUE_HIGH_WATER,
+            queue_high_water: QUEUE_HIGH_WATER_DEFAULT,
             backlog_interval: BACKLOG_INTERVAL_DEFAULT,
             retry_after_unavailable: RETRY_AFTER_UNAVAILABLE_DEFAULT,
             max_connections: MAX_CONNECTIONS_DEFAULT,
@@ -108,8 +170,45 @@ impl Default for IngestConfig {
 }
 
 impl IngestConfig {
-    /// Resolves the ingest settings from the common configuration and its `[ingest]` section.
-    pub fn from_common(common: &CommonConfig) -> Result<Self, ConfigError> {
+    /// Resolves the ingest settings from its flags (and the process environment), the common
+    /// configuration and the `[ingest]` section.
+    pub fn load(common: &CommonConfig, args: &IngestArgs) -> Result<Self, ConfigError> {
+        Self::load_from(common, args, &ProcessEnv)
+    }
+
+    /// Like [`IngestConfig::load`], reading environment variables from `env`.
+    pub fn load_from(
+        common: &CommonConfig,
+        args: &IngestArgs,
+        env: &dyn Env,
+    ) -> Result<Self, ConfigError> {
+        let file = common.file();
+        let queue_high_water = common
+            .resolve(
+                env,
+                &QUEUE_HIGH_WATER,
+                args.queue_high_water.as_deref(),
+                file.queue_high_water.map(|n| n.to_string()),
+                parse_high_water,
+            )?
+            .unwrap_or(QUEUE_HIGH_WATER_DEFAULT);
+        let public_url = common.resolve(
+            env,
+            &PUBLIC_URL,
+            args.public_url.as_deref(),
+            file.public_url.clone(),
+            parse_http_base,
+        )?;
+        let ingest_addr = common
+            .resolve(
+                env,
+                &INGEST_ADDR,
+                args.ingest_addr.as_deref(),
+                file.ingest_addr.clone(),
+                parse_addr,
+            )?
+            .unwrap_or(INGEST_ADDR_DEFAULT);
+
         let section: IngestSection = common.section("ingest")?;
         let invalid = |key: &str, message: &str| ConfigError::Section {
             section: "ingest".to_owned(),
@@ -181,14 +280,15 @@ impl IngestConfig {
             }
         };
         Ok(IngestConfig {
+            ingest_addr,
             body_limit,
             body_bytes_in_flight,
-            queue_high_water: common.queue_high_water,
+            queue_high_water,
             backlog_interval,
             retry_after_unavailable: retry_after,
             max_connections,
             durability,
-            public_url: common.public_url.clone(),
+            public_url,
             redis_url: common.redis_url.clone(),
             key_prefix: common.key_prefix.clone(),
         })
@@ -203,15 +303,24 @@ mod tests {
 
     use super::*;
 
-    fn load(text: &str) -> Result<IngestConfig, ConfigError> {
-        let env: HashMap<&str, &str> = HashMap::new();
+    /// The ingest settings from `args`, the environment `vars` and the config file `text`.
+    fn resolve(
+        args: &IngestArgs,
+        vars: &[(&str, &str)],
+        text: &str,
+    ) -> Result<IngestConfig, ConfigError> {
+        let env: HashMap<&str, &str> = vars.iter().copied().collect();
         let common = CommonConfig::load_with_file_text(
             &CommonArgs::default(),
             &env,
             Path::new("/tmp/fleet.toml"),
             text,
         )?;
-        IngestConfig::from_common(&common)
+        IngestConfig::load_from(&common, args, &env)
+    }
+
+    fn load(text: &str) -> Result<IngestConfig, ConfigError> {
+        resolve(&IngestArgs::default(), &[], text)
     }
 
     #[test]
@@ -219,10 +328,145 @@ mod tests {
         let c = load("").unwrap();
         assert_eq!(c.body_limit, BODY_LIMIT_DEFAULT);
         assert_eq!(c.backlog_interval, BACKLOG_INTERVAL_DEFAULT);
+        assert_eq!(c.ingest_addr, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.queue_high_water, 1_000_000);
         assert_eq!(c.public_url, None);
         assert_eq!(c.max_connections, MAX_CONNECTIONS_DEFAULT);
         assert_eq!(c.durability, Durability::Default);
+        let d = IngestConfig::default();
+        assert_eq!(
+            (d.ingest_addr, d.queue_high_water, d.public_url),
+            (c.ingest_addr, c.queue_high_water, c.public_url)
+        );
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let file = "queue_high_water = 30\npublic_url = \"https://file.example.com\"\n";
+        let args = IngestArgs {
+            ingest_addr: Some("127.0.0.1:1".into()),
+            ..IngestArgs::default()
+        };
+        let env = [
+            ("FLEET_INGEST_ADDR", "127.0.0.1:2"),
+            ("FLEET_QUEUE_HIGH_WATER", "20"),
+        ];
+        let c = resolve(&args, &env, file).unwrap();
+        assert_eq!(c.ingest_addr, "127.0.0.1:1".parse().unwrap(), "flag");
+        assert_eq!(c.queue_high_water, 20, "env beats file");
+        assert_eq!(c.public_url.as_deref(), Some("https://file.example.com"));
+        let c = resolve(&IngestArgs::default(), &[], "ingest_addr = \"127.0.0.1:3\"").unwrap();
+        assert_eq!(c.ingest_addr, "127.0.0.1:3".parse().unwrap(), "file");
+    }
+
+    #[test]
+    fn empty_flags_count_as_unset() {
+        // clap copies an exported-but-empty variable into the flag; that must not shadow the file.
+        let args = IngestArgs {
+            queue_high_water: Some(String::new()),
+            public_url: Some(" ".into()),
+            ..IngestArgs::default()
+        };
+        let c = resolve(&args, &[("FLEET_INGEST_ADDR", "")], "queue_high_water = 7").unwrap();
+        assert_eq!(c.queue_high_water, 7);
+        assert_eq!(c.public_url, None);
+        assert_eq!(c.ingest_addr, INGEST_ADDR_DEFAULT);
+    }
+
+    #[test]
+    fn flag_errors_are_one_line_and_name_the_source() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("FLEET_INGEST_ADDR", "localhost")],
+                "invalid ingest_addr (from env FLEET_INGEST_ADDR)",
+            ),
+            (
+                &[("FLEET_QUEUE_HIGH_WATER", "-1")],
+                "invalid queue_high_water",
+            ),
+            (&[("FLEET_QUEUE_HIGH_WATER", "0")], "must be at least 1"),
+            (&[("FLEET_PUBLIC_URL", "example.com")], "invalid public_url"),
+        ];
+        for (vars, expected) in cases {
+            let msg = resolve(&IngestArgs::default(), vars, "")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.starts_with("invalid ") && msg.contains(expected),
+                "{vars:?}: {msg}"
+            );
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+        let args = IngestArgs {
+            queue_high_water: Some("many".into()),
+            ..IngestArgs::default()
+        };
+        assert_eq!(
+            resolve(&args, &[], "").unwrap_err().to_string(),
+            "invalid queue_high_water (from --queue-high-water or env FLEET_QUEUE_HIGH_WATER): `many` is not a positive integer"
+        );
+        let msg = load("ingest_addr = \"nope\"").unwrap_err().to_string();
+        assert!(
+            msg.starts_with("invalid ingest_addr (from config file /tmp/fleet.toml)"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_public_url_loses_its_trailing_slash() {
+        let c = resolve(
+            &IngestArgs::default(),
+            &[("FLEET_PUBLIC_URL", "https://hooks.example.com/")],
+            "",
+        )
+        .unwrap();
+        assert_eq!(c.public_url.as_deref(), Some("https://hooks.example.com"));
+    }
+
+    #[test]
+    fn flags_flatten_next_to_the_common_ones() {
+        use clap::{CommandFactory, Parser};
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: CommonArgs,
+            #[command(flatten)]
+            ingest: IngestArgs,
+        }
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["bin", "--queue-high-water", "5", "--prefix", "p"]).unwrap();
+        assert_eq!(cli.ingest.queue_high_water.as_deref(), Some("5"));
+        let help = Cli::command().render_long_help().to_string();
+        for var in [
+            "FLEET_QUEUE_HIGH_WATER",
+            "FLEET_PUBLIC_URL",
+            "FLEET_INGEST_ADDR",
+        ] {
+            assert!(
+                help.contains(&format!("[env: {var}")),
+                "{var} missing from --help"
+            );
+        }
+    }
+
+    #[test]
+    fn the_example_file_documents_the_defaults() {
+        // Uncommenting every top-level setting of the example must give ingest's defaults (the
+        // sections' lines are examples of other values, so they stay as they are).
+        let text = include_str!("../../../config/fleet.example.toml");
+        let uncommented: String = text
+            .lines()
+            .take_while(|l| !l.starts_with('['))
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") && !rest.contains(',') => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = load(&uncommented).unwrap();
+        assert_eq!(c.ingest_addr, INGEST_ADDR_DEFAULT);
+        assert_eq!(c.queue_high_water, QUEUE_HIGH_WATER_DEFAULT);
+        assert_eq!(c.public_url.as_deref(), Some("https://hooks.example.com"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use fleet_runtime::{Shutdown, TenantsHandle};
 use tokio::net::TcpListener;
 
 pub use crate::{
-    config::IngestConfig,
+    config::{IngestArgs, IngestConfig},
     http::{EMPTY_TWIML, IDEMPOTENCY_KEY_MAX_LEN, TEXT_MAX_CHARS, app},
     state::AppState,
 };

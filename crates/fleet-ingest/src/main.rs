@@ -4,7 +4,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
-use fleet_ingest::{AppState, IngestConfig};
+use fleet_ingest::{AppState, IngestArgs, IngestConfig};
 use fleet_queue::Broker;
 use fleet_runtime::{
     CommonArgs, CommonConfig, TenantsHandle,
@@ -21,6 +21,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    ingest: IngestArgs,
 }
 
 #[tokio::main]
@@ -30,13 +32,14 @@ async fn main() -> ExitCode {
 
 async fn start(args: Args) -> anyhow::Result<()> {
     let common = CommonConfig::load(&args.common)?;
-    let config = IngestConfig::from_common(&common)?;
+    let config = IngestConfig::load(&common, &args.ingest)?;
     let tenants = TenantsHandle::load(&common.tenants_path)?;
 
     let mut service = Service::start("fleet-ingest", &common, "ingest", admin_ports::INGEST);
     fleet_queue::describe_metrics();
     // A Redis that is down at start is waited for in the background (answering 503 meanwhile);
     // a URL or prefix that can never work is a configuration error.
+    let ingest_addr = config.ingest_addr;
     let state = AppState::new(config, tenants);
     match Broker::connect(&common.redis_url, &common.key_prefix).await {
         Ok(broker) => state.set_broker(broker),
@@ -45,9 +48,9 @@ async fn start(args: Args) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     }
-    let listener = tokio::net::TcpListener::bind(common.ingest_addr)
+    let listener = tokio::net::TcpListener::bind(ingest_addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", common.ingest_addr))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {ingest_addr}: {e}"))?;
     let ready_state = state.clone();
     service
         .serve_admin(|admin| {

@@ -31,10 +31,6 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/fleet
 pub const DEFAULT_KEY_PREFIX: &str = "fleet";
 /// Default tenants file name, looked up next to the config file, or in the working directory when there is none.
 pub const DEFAULT_TENANTS_FILE: &str = "tenants.toml";
-/// Default ingest listen address (contract: `FLEET_INGEST_ADDR`).
-pub const DEFAULT_INGEST_ADDR: &str = "0.0.0.0:8080";
-/// Default high-water mark of waiting entries per queue (contract: `FLEET_QUEUE_HIGH_WATER`).
-pub const DEFAULT_QUEUE_HIGH_WATER: u64 = 1_000_000;
 /// Default Meta Graph API base URL (contract: `FLEET_META_API_BASE`).
 pub const DEFAULT_META_API_BASE: &str = "https://graph.facebook.com/v23.0";
 /// Default Twilio API base URL (contract: `FLEET_TWILIO_API_BASE`).
@@ -102,14 +98,6 @@ pub struct CommonArgs {
     #[arg(long, env = "FLEET_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
 
-    /// Waiting entries of one queue above which ingest answers 503 [default: 1000000].
-    #[arg(long, env = "FLEET_QUEUE_HIGH_WATER", value_name = "N")]
-    pub queue_high_water: Option<String>,
-
-    /// Public base URL of ingest as providers call it [default: taken from the request's Host].
-    #[arg(long, env = "FLEET_PUBLIC_URL", value_name = "URL")]
-    pub public_url: Option<String>,
-
     /// Meta Graph API base URL (default `https://graph.facebook.com/v23.0`).
     #[arg(
         help = "Meta Graph API base URL [default: https://graph.facebook.com/v23.0].",
@@ -127,15 +115,15 @@ pub struct CommonArgs {
         value_name = "URL"
     )]
     pub twilio_api_base: Option<String>,
-
-    /// Ingest listen address [default: 0.0.0.0:8080].
-    #[arg(long, env = "FLEET_INGEST_ADDR", value_name = "ADDR")]
-    pub ingest_addr: Option<String>,
 }
 
 /// The TOML file named by `FLEET_CONFIG`: every key optional, unknown keys rejected so typos are caught.
 ///
-/// Top-level keys have the same names as the settings of [`CommonConfig`].
+/// Top-level keys have the same names as the settings of [`CommonConfig`], and as the settings one binary owns and resolves
+/// itself with [`CommonConfig::resolve`] (fleet-ingest's `queue_high_water`, `public_url` and `ingest_addr`).
+/// Those stay top-level keys, where files have always set them, rather than moving into the binary's table; and every binary
+/// parses them, typed, because every binary reads the same file: a mistyped value fails at start with its line number, and
+/// a file shared by all the binaries is accepted by each.
 /// Per-binary tables (`[ingest]`, `[prospects]`, `[outbound]`, `[scheduler]`, `[fleetctl]`) are kept as raw TOML for each binary
 /// to deserialize with [`CommonConfig::section`].
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -153,15 +141,15 @@ pub struct FileConfig {
     pub admin_addr: Option<String>,
     /// Log format, `json` or `pretty`.
     pub log_format: Option<String>,
-    /// High-water mark of waiting entries per queue.
+    /// High-water mark of waiting entries per queue; read by fleet-ingest.
     pub queue_high_water: Option<u64>,
-    /// Public base URL of ingest.
+    /// Public base URL of ingest; read by fleet-ingest.
     pub public_url: Option<String>,
     /// Meta Graph API base URL.
     pub meta_api_base: Option<String>,
     /// Twilio API base URL.
     pub twilio_api_base: Option<String>,
-    /// Ingest listen address.
+    /// Ingest listen address; read by fleet-ingest.
     pub ingest_addr: Option<String>,
     /// `[ingest]` section.
     pub ingest: Option<toml::Table>,
@@ -290,16 +278,10 @@ pub struct CommonConfig {
     pub admin_addr: Option<SocketAddr>,
     /// Log format (resolved: a terminal check decides when nothing was given).
     pub log_format: LogFormat,
-    /// Waiting entries of one queue above which ingest answers 503.
-    pub queue_high_water: u64,
-    /// Public base URL of ingest, without a trailing slash; `None` means "from the request's Host".
-    pub public_url: Option<String>,
     /// Meta Graph API base URL, without a trailing slash.
     pub meta_api_base: String,
     /// Twilio API base URL, without a trailing slash.
     pub twilio_api_base: String,
-    /// Ingest listen address.
-    pub ingest_addr: SocketAddr,
     /// The parsed config file (empty when there is none), for per-binary sections.
     file: FileConfig,
     /// Where the admin address came from when it was given by flag or env (those beat a section's `admin_addr`).
@@ -316,11 +298,8 @@ impl fmt::Debug for CommonConfig {
             .field("config_path", &self.config_path)
             .field("admin_addr", &self.admin_addr)
             .field("log_format", &self.log_format)
-            .field("queue_high_water", &self.queue_high_water)
-            .field("public_url", &self.public_url.as_deref().map(redacted_url))
             .field("meta_api_base", &redacted_url(&self.meta_api_base))
             .field("twilio_api_base", &redacted_url(&self.twilio_api_base))
-            .field("ingest_addr", &self.ingest_addr)
             .finish_non_exhaustive()
     }
 }
@@ -390,16 +369,6 @@ const LOG_FORMAT: Setting = Setting {
     flag: "--log-format",
     env: "FLEET_LOG_FORMAT",
 };
-const HIGH_WATER: Setting = Setting {
-    key: "queue_high_water",
-    flag: "--queue-high-water",
-    env: "FLEET_QUEUE_HIGH_WATER",
-};
-const PUBLIC_URL: Setting = Setting {
-    key: "public_url",
-    flag: "--public-url",
-    env: "FLEET_PUBLIC_URL",
-};
 const META_API_BASE: Setting = Setting {
     key: "meta_api_base",
     flag: "--meta-api-base",
@@ -409,11 +378,6 @@ const TWILIO_API_BASE: Setting = Setting {
     key: "twilio_api_base",
     flag: "--twilio-api-base",
     env: "FLEET_TWILIO_API_BASE",
-};
-const INGEST_ADDR: Setting = Setting {
-    key: "ingest_addr",
-    flag: "--ingest-addr",
-    env: "FLEET_INGEST_ADDR",
 };
 
 /// Resolves settings from the layers with one parser per setting, so a value is validated the same way whichever layer
@@ -478,14 +442,6 @@ impl Resolver<'_> {
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     SocketAddr::from_str(s)
         .map_err(|_| format!("`{s}` is not a socket address such as 0.0.0.0:8080"))
-}
-
-fn parse_high_water(s: &str) -> Result<u64, String> {
-    match s.parse::<u64>() {
-        Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("`{s}` is not a positive integer")),
-    }
 }
 
 /// Checks that `url` parses with one of `schemes`; the reason never repeats the URL, which may hold a password.
@@ -657,21 +613,6 @@ impl CommonConfig {
             LogFormat::from_str,
         )?;
 
-        let hw_file = file.queue_high_water.map(|n| n.to_string());
-        let high_water = r.get_or(
-            &HIGH_WATER,
-            args.queue_high_water.as_deref(),
-            hw_file,
-            DEFAULT_QUEUE_HIGH_WATER,
-            parse_high_water,
-        )?;
-
-        let public = r.get(
-            &PUBLIC_URL,
-            args.public_url.as_deref(),
-            f(&file.public_url),
-            parse_http_base,
-        )?;
         let meta = r.get_or(
             &META_API_BASE,
             args.meta_api_base.as_deref(),
@@ -685,14 +626,6 @@ impl CommonConfig {
             f(&file.twilio_api_base),
             DEFAULT_TWILIO_API_BASE.to_owned(),
             parse_http_base,
-        )?;
-
-        let ingest = r.get_or(
-            &INGEST_ADDR,
-            args.ingest_addr.as_deref(),
-            f(&file.ingest_addr),
-            SocketAddr::from_str(DEFAULT_INGEST_ADDR).expect("default ingest address parses"),
-            parse_addr,
         )?;
 
         // Validate every section's admin_addr now, so a typo fails at start rather than when that binary asks.
@@ -720,11 +653,8 @@ impl CommonConfig {
             config_path,
             admin_addr: admin.map(|a| a.value),
             log_format: log_format.value,
-            queue_high_water: high_water.value,
-            public_url: public.map(|p| p.value),
             meta_api_base: meta.value,
             twilio_api_base: twilio.value,
-            ingest_addr: ingest.value,
             file,
             admin_addr_from_cli_or_env,
         })
@@ -849,11 +779,8 @@ mod tests {
         assert_eq!(cfg.database_url, "postgres://postgres@127.0.0.1:5432/fleet");
         assert_eq!(cfg.key_prefix, "fleet");
         assert_eq!(cfg.tenants_path, PathBuf::from("tenants.toml"));
-        assert_eq!(cfg.ingest_addr, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(cfg.queue_high_water, 1_000_000);
         assert_eq!(cfg.meta_api_base, "https://graph.facebook.com/v23.0");
         assert_eq!(cfg.twilio_api_base, "https://api.twilio.com");
-        assert_eq!(cfg.public_url, None);
         assert_eq!(cfg.admin_addr, None);
         assert_eq!(
             cfg.admin_addr_for("ingest", admin_ports::INGEST),
@@ -867,7 +794,6 @@ mod tests {
             redis_url = "redis://file:6379"
             database_url = "postgres://file/db"
             key_prefix = "file"
-            queue_high_water = 30
             meta_api_base = "http://file-meta"
         "#;
         let args = CommonArgs {
@@ -879,7 +805,6 @@ mod tests {
             &[
                 ("REDIS_URL", "redis://env:6379"),
                 ("DATABASE_URL", "postgres://env/db"),
-                ("FLEET_QUEUE_HIGH_WATER", "20"),
             ],
             Some(file),
         )
@@ -889,7 +814,6 @@ mod tests {
             "flag beats env and file"
         );
         assert_eq!(cfg.database_url, "postgres://env/db", "env beats file");
-        assert_eq!(cfg.queue_high_water, 20, "env beats file");
         assert_eq!(cfg.key_prefix, "file", "file beats default");
         assert_eq!(cfg.meta_api_base, "http://file-meta", "file beats default");
         assert_eq!(
@@ -908,17 +832,10 @@ mod tests {
         let args = CommonArgs {
             key_prefix: Some(String::new()),
             admin_addr: Some(" ".into()),
-            queue_high_water: Some(String::new()),
             ..Default::default()
         };
-        let cfg = load(
-            &args,
-            &[],
-            Some("key_prefix = \"fromfile\"\nqueue_high_water = 7"),
-        )
-        .unwrap();
+        let cfg = load(&args, &[], Some("key_prefix = \"fromfile\"")).unwrap();
         assert_eq!(cfg.key_prefix, "fromfile");
-        assert_eq!(cfg.queue_high_water, 7);
         assert_eq!(cfg.admin_addr, None);
     }
 
@@ -1022,24 +939,14 @@ mod tests {
             ),
             (&[("FLEET_KEY_PREFIX", "a{b}")], "invalid key_prefix"),
             (
-                &[("FLEET_INGEST_ADDR", "localhost")],
-                "invalid ingest_addr (from env FLEET_INGEST_ADDR)",
-            ),
-            (
                 &[("FLEET_ADMIN_ADDR", ":90")],
                 "invalid admin_addr (from env FLEET_ADMIN_ADDR)",
             ),
-            (
-                &[("FLEET_QUEUE_HIGH_WATER", "-1")],
-                "invalid queue_high_water",
-            ),
-            (&[("FLEET_QUEUE_HIGH_WATER", "0")], "must be at least 1"),
             (&[("FLEET_LOG_FORMAT", "xml")], "invalid log_format"),
             (
                 &[("FLEET_META_API_BASE", "ftp://x")],
                 "invalid meta_api_base",
             ),
-            (&[("FLEET_PUBLIC_URL", "example.com")], "invalid public_url"),
         ];
         for (env_pairs, expected) in cases {
             let msg = load(&CommonArgs::default(), env_pairs, None)
@@ -1067,13 +974,24 @@ mod tests {
             msg,
             "invalid key_prefix (from config file /etc/fleet/fleet.toml): must not be empty"
         );
-        let msg = load(&CommonArgs::default(), &[], Some("ingest_addr = \"nope\""))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.starts_with("invalid ingest_addr (from config file /etc/fleet/fleet.toml)"),
-            "{msg}"
-        );
+    }
+
+    #[test]
+    fn one_binarys_top_level_keys_are_parsed_for_it_and_left_to_it() {
+        // Every binary reads the one file: ingest's keys must not stop the others, and must reach ingest as written.
+        let text = "ingest_addr = \"nope\"\npublic_url = \"x\"\nqueue_high_water = 0\n";
+        let cfg = load(&CommonArgs::default(), &[], Some(text)).unwrap();
+        assert_eq!(cfg.file().ingest_addr.as_deref(), Some("nope"));
+        assert_eq!(cfg.file().queue_high_water, Some(0));
+        // Typed, so a mistyped one still fails every binary's start with its line.
+        let msg = load(
+            &CommonArgs::default(),
+            &[],
+            Some("\nqueue_high_water = \"x\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("line 2"), "{msg}");
     }
 
     #[test]
@@ -1125,15 +1043,11 @@ mod tests {
     fn base_urls_lose_their_trailing_slash() {
         let cfg = load(
             &CommonArgs::default(),
-            &[
-                ("FLEET_TWILIO_API_BASE", "http://127.0.0.1:9999/"),
-                ("FLEET_PUBLIC_URL", "https://hooks.example.com/"),
-            ],
+            &[("FLEET_TWILIO_API_BASE", "http://127.0.0.1:9999/")],
             None,
         )
         .unwrap();
         assert_eq!(cfg.twilio_api_base, "http://127.0.0.1:9999");
-        assert_eq!(cfg.public_url.as_deref(), Some("https://hooks.example.com"));
     }
 
     #[test]
@@ -1286,15 +1200,12 @@ mod tests {
             "json",
             "--admin-addr",
             "127.0.0.1:0",
-            "--queue-high-water",
-            "5",
         ])
         .unwrap();
         assert_eq!(cli.common.key_prefix.as_deref(), Some("p1"));
         assert_eq!(cli.common.log_format.as_deref(), Some("json"));
         let cfg = CommonConfig::load_from(&cli.common, &HashMap::<String, String>::new()).unwrap();
         assert_eq!(cfg.key_prefix, "p1");
-        assert_eq!(cfg.queue_high_water, 5);
         assert_eq!(cfg.log_format, LogFormat::Json);
         assert!(Cli::try_parse_from(["bin", "--prefix", "p2"]).is_ok());
         <Cli as clap::CommandFactory>::command().debug_assert();
@@ -1309,16 +1220,21 @@ mod tests {
             "FLEET_CONFIG",
             "FLEET_ADMIN_ADDR",
             "FLEET_LOG_FORMAT",
-            "FLEET_QUEUE_HIGH_WATER",
-            "FLEET_PUBLIC_URL",
             "FLEET_META_API_BASE",
             "FLEET_TWILIO_API_BASE",
-            "FLEET_INGEST_ADDR",
         ] {
             assert!(
                 help.contains(&format!("[env: {var}")),
                 "{var} missing from --help"
             );
+        }
+        // One binary's flags are in that binary's own arguments, so the others' --help does not offer them.
+        for var in [
+            "FLEET_QUEUE_HIGH_WATER",
+            "FLEET_PUBLIC_URL",
+            "FLEET_INGEST_ADDR",
+        ] {
+            assert!(!help.contains(var), "{var} is not a shared flag");
         }
     }
 
@@ -1339,11 +1255,9 @@ mod tests {
         let cfg = load(&CommonArgs::default(), &[], Some(&uncommented)).unwrap();
         assert_eq!(cfg.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(cfg.key_prefix, DEFAULT_KEY_PREFIX);
-        assert_eq!(cfg.queue_high_water, DEFAULT_QUEUE_HIGH_WATER);
         assert_eq!(cfg.meta_api_base, DEFAULT_META_API_BASE);
         assert_eq!(cfg.twilio_api_base, DEFAULT_TWILIO_API_BASE);
         assert_eq!(cfg.log_format, LogFormat::Json);
-        assert_eq!(cfg.public_url.as_deref(), Some("https://hooks.example.com"));
         assert_eq!(
             cfg.admin_addr_for("outbound", 1),
             "0.0.0.0:9092".parse().unwrap()
