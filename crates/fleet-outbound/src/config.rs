@@ -1,10 +1,19 @@
 //! The outbound worker's settings: the `[outbound]` section of the config file, plus the provider
-//! base URLs from the common configuration.
+//! base URLs, outbound's own flags ([`OutboundArgs`]).
 
 use std::time::Duration;
 
 use fleet_providers::HttpConfig;
+use fleet_runtime::{
+    CommonConfig, ConfigError, Env, ProcessEnv,
+    config::{Setting, parse_http_base},
+};
 use serde::Deserialize;
+
+/// Default Meta Graph API base URL, version included (contract: `FLEET_META_API_BASE`).
+pub const META_API_BASE_DEFAULT: &str = "https://graph.facebook.com/v23.0";
+/// Default Twilio API base URL (contract: `FLEET_TWILIO_API_BASE`).
+pub const TWILIO_API_BASE_DEFAULT: &str = "https://api.twilio.com";
 
 /// Default sends in flight per process (the send is I/O bound: concurrency, not CPU, sets throughput).
 pub const CONCURRENCY_DEFAULT: usize = 256;
@@ -22,6 +31,44 @@ pub const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(20);
 /// (see `fleet_queue::Fence`): longer than any freeze of a worker we mean to survive without a
 /// second send. Only jobs whose holder died between its fence and its record wait this long.
 pub const IN_DOUBT_WAIT_DEFAULT: Duration = Duration::from_secs(300);
+
+/// Outbound's own flags, flattened next to `CommonArgs` in its command line.
+///
+/// Like the shared flags, each is an optional string that [`OutboundConfig::load`] resolves
+/// through the same layers (flag, environment, the config file's top-level key of the same name,
+/// default) and validates with the same one-line errors; clap also copies the environment
+/// variable in, so `--help` lists it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OutboundArgs {
+    /// Meta Graph API base URL (default `https://graph.facebook.com/v23.0`).
+    #[arg(
+        help = "Meta Graph API base URL [default: https://graph.facebook.com/v23.0].",
+        long,
+        env = "FLEET_META_API_BASE",
+        value_name = "URL"
+    )]
+    pub meta_api_base: Option<String>,
+
+    /// Twilio API base URL (default `https://api.twilio.com`).
+    #[arg(
+        help = "Twilio API base URL [default: https://api.twilio.com].",
+        long,
+        env = "FLEET_TWILIO_API_BASE",
+        value_name = "URL"
+    )]
+    pub twilio_api_base: Option<String>,
+}
+
+const META_API_BASE: Setting = Setting {
+    key: "meta_api_base",
+    flag: "--meta-api-base",
+    env: "FLEET_META_API_BASE",
+};
+const TWILIO_API_BASE: Setting = Setting {
+    key: "twilio_api_base",
+    flag: "--twilio-api-base",
+    env: "FLEET_TWILIO_API_BASE",
+};
 
 /// Settings of `fleet-outbound` (file section `[outbound]`; every field has a default).
 #[derive(Debug, Clone, Deserialize)]
@@ -57,10 +104,12 @@ pub struct OutboundConfig {
     pub drain_timeout_ms: u64,
     /// The HTTP client.
     pub http: HttpConfig,
-    /// Graph API base URL (from `FLEET_META_API_BASE`; not read from the section).
+    /// Graph API base URL, without a trailing slash (from [`OutboundArgs`]; not read from the
+    /// section).
     #[serde(skip)]
     pub meta_api_base: String,
-    /// Twilio API base URL (from `FLEET_TWILIO_API_BASE`; not read from the section).
+    /// Twilio API base URL, without a trailing slash (from [`OutboundArgs`]; not read from the
+    /// section).
     #[serde(skip)]
     pub twilio_api_base: String,
 }
@@ -81,13 +130,51 @@ impl Default for OutboundConfig {
             record_linger_ms: RECORD_LINGER_DEFAULT.as_millis() as u64,
             drain_timeout_ms: DRAIN_TIMEOUT_DEFAULT.as_millis() as u64,
             http: HttpConfig::default(),
-            meta_api_base: "https://graph.facebook.com/v23.0".into(),
-            twilio_api_base: "https://api.twilio.com".into(),
+            meta_api_base: META_API_BASE_DEFAULT.into(),
+            twilio_api_base: TWILIO_API_BASE_DEFAULT.into(),
         }
     }
 }
 
 impl OutboundConfig {
+    /// Reads the `[outbound]` section and resolves the provider base URLs from outbound's flags
+    /// (and the process environment); not yet validated, as `main` applies its other flags first.
+    pub fn load(common: &CommonConfig, args: &OutboundArgs) -> Result<Self, ConfigError> {
+        Self::load_from(common, args, &ProcessEnv)
+    }
+
+    /// Like [`OutboundConfig::load`], reading environment variables from `env`.
+    pub fn load_from(
+        common: &CommonConfig,
+        args: &OutboundArgs,
+        env: &dyn Env,
+    ) -> Result<Self, ConfigError> {
+        let file = common.file();
+        let meta_api_base = common
+            .resolve(
+                env,
+                &META_API_BASE,
+                args.meta_api_base.as_deref(),
+                file.meta_api_base.clone(),
+                parse_http_base,
+            )?
+            .unwrap_or_else(|| META_API_BASE_DEFAULT.to_owned());
+        let twilio_api_base = common
+            .resolve(
+                env,
+                &TWILIO_API_BASE,
+                args.twilio_api_base.as_deref(),
+                file.twilio_api_base.clone(),
+                parse_http_base,
+            )?
+            .unwrap_or_else(|| TWILIO_API_BASE_DEFAULT.to_owned());
+        Ok(OutboundConfig {
+            meta_api_base,
+            twilio_api_base,
+            ..common.section("outbound")?
+        })
+    }
+
     /// Checks the settings; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=100_000).contains(&self.concurrency) {
@@ -133,7 +220,125 @@ impl OutboundConfig {
 
 #[cfg(test)]
 mod tests {
+    use std::{collections::HashMap, path::Path};
+
+    use fleet_runtime::CommonArgs;
+
     use super::*;
+
+    /// The outbound settings from `args`, the environment `vars` and the config file `text`.
+    fn resolve(
+        args: &OutboundArgs,
+        vars: &[(&str, &str)],
+        text: &str,
+    ) -> Result<OutboundConfig, ConfigError> {
+        let env: HashMap<&str, &str> = vars.iter().copied().collect();
+        let common = CommonConfig::load_with_file_text(
+            &CommonArgs::default(),
+            &env,
+            Path::new("/tmp/fleet.toml"),
+            text,
+        )?;
+        OutboundConfig::load_from(&common, args, &env)
+    }
+
+    #[test]
+    fn base_urls_resolve_flag_env_file_default() {
+        let c = resolve(&OutboundArgs::default(), &[], "").unwrap();
+        assert_eq!(c.meta_api_base, "https://graph.facebook.com/v23.0");
+        assert_eq!(c.twilio_api_base, "https://api.twilio.com");
+        let d = OutboundConfig::default();
+        assert_eq!(
+            (d.meta_api_base, d.twilio_api_base),
+            (c.meta_api_base, c.twilio_api_base)
+        );
+
+        let file = "meta_api_base = \"http://file-meta\"\ntwilio_api_base = \"http://file-twilio\"\n[outbound]\nconcurrency = 8\n";
+        let c = resolve(&OutboundArgs::default(), &[], file).unwrap();
+        assert_eq!(c.meta_api_base, "http://file-meta", "file beats default");
+        assert_eq!(c.concurrency, 8, "the section is read too");
+        let args = OutboundArgs {
+            meta_api_base: Some("http://flag-meta".into()),
+            // clap copies an exported-but-empty variable into the flag; that must not shadow the env.
+            twilio_api_base: Some(String::new()),
+        };
+        let env = [
+            ("FLEET_META_API_BASE", "http://env-meta"),
+            ("FLEET_TWILIO_API_BASE", "http://127.0.0.1:9999/"),
+        ];
+        let c = resolve(&args, &env, file).unwrap();
+        assert_eq!(
+            c.meta_api_base, "http://flag-meta",
+            "flag beats env and file"
+        );
+        assert_eq!(
+            c.twilio_api_base, "http://127.0.0.1:9999",
+            "env beats file, without its trailing slash"
+        );
+    }
+
+    #[test]
+    fn base_url_errors_are_one_line_and_name_the_source() {
+        let msg = resolve(
+            &OutboundArgs::default(),
+            &[("FLEET_META_API_BASE", "ftp://x")],
+            "",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            msg,
+            "invalid meta_api_base (from env FLEET_META_API_BASE): scheme `ftp` is not one of http, https"
+        );
+        let msg = resolve(&OutboundArgs::default(), &[], "twilio_api_base = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with(
+                "invalid twilio_api_base (from config file /tmp/fleet.toml): not a URL"
+            ),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn flags_flatten_next_to_the_common_ones() {
+        use clap::{CommandFactory, Parser};
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: CommonArgs,
+            #[command(flatten)]
+            outbound: OutboundArgs,
+        }
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for var in ["FLEET_META_API_BASE", "FLEET_TWILIO_API_BASE"] {
+            assert!(
+                help.contains(&format!("[env: {var}")),
+                "{var} missing from --help"
+            );
+        }
+    }
+
+    #[test]
+    fn the_example_file_documents_the_defaults() {
+        // Uncommenting every top-level setting of the example must give outbound's defaults (the
+        // sections' lines are examples of other values, so they stay as they are).
+        let text = include_str!("../../../config/fleet.example.toml");
+        let uncommented: String = text
+            .lines()
+            .take_while(|l| !l.starts_with('['))
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") && !rest.contains(',') => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = resolve(&OutboundArgs::default(), &[], &uncommented).unwrap();
+        assert_eq!(c.meta_api_base, META_API_BASE_DEFAULT);
+        assert_eq!(c.twilio_api_base, TWILIO_API_BASE_DEFAULT);
+    }
 
     #[test]
     fn defaults_are_valid_and_sections_parse() {

@@ -8,7 +8,7 @@ pub mod worker;
 /// paths keep working.
 pub use fleet_queue::ratelimit;
 
-pub use config::OutboundConfig;
+pub use config::{OutboundArgs, OutboundConfig};
 pub use worker::run;
 
 /// Registers the HELP text of every metric this crate emits (call once, after installing the

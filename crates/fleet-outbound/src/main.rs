@@ -4,7 +4,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
-use fleet_outbound::OutboundConfig;
+use fleet_outbound::{OutboundArgs, OutboundConfig};
 use fleet_queue::Broker;
 use fleet_runtime::{
     CommonArgs, CommonConfig, TenantsHandle,
@@ -24,6 +24,8 @@ const EXIT_MARGIN: Duration = Duration::from_secs(5);
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    outbound: OutboundArgs,
     /// Apply the Postgres migrations (creating the database if needed) before starting.
     #[arg(long)]
     migrate: bool,
@@ -42,9 +44,7 @@ async fn main() -> ExitCode {
 
 async fn start(cli: Cli) -> anyhow::Result<()> {
     let common = CommonConfig::load(&cli.common)?;
-    let mut config: OutboundConfig = common.section("outbound")?;
-    config.meta_api_base = common.meta_api_base.clone();
-    config.twilio_api_base = common.twilio_api_base.clone();
+    let mut config = OutboundConfig::load(&common, &cli.outbound)?;
     if let Some(n) = cli.concurrency {
         config.concurrency = n;
     }

@@ -31,10 +31,6 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/fleet
 pub const DEFAULT_KEY_PREFIX: &str = "fleet";
 /// Default tenants file name, looked up next to the config file, or in the working directory when there is none.
 pub const DEFAULT_TENANTS_FILE: &str = "tenants.toml";
-/// Default Meta Graph API base URL (contract: `FLEET_META_API_BASE`).
-pub const DEFAULT_META_API_BASE: &str = "https://graph.facebook.com/v23.0";
-/// Default Twilio API base URL (contract: `FLEET_TWILIO_API_BASE`).
-pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
 
 /// Names of the per-binary sections the config file may hold.
 pub const SECTIONS: [&str; 5] = ["ingest", "prospects", "outbound", "scheduler", "fleetctl"];
@@ -97,30 +93,13 @@ pub struct CommonArgs {
     /// Log format, json or pretty [default: pretty on a terminal, json otherwise].
     #[arg(long, env = "FLEET_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
-
-    /// Meta Graph API base URL (default `https://graph.facebook.com/v23.0`).
-    #[arg(
-        help = "Meta Graph API base URL [default: https://graph.facebook.com/v23.0].",
-        long,
-        env = "FLEET_META_API_BASE",
-        value_name = "URL"
-    )]
-    pub meta_api_base: Option<String>,
-
-    /// Twilio API base URL (default `https://api.twilio.com`).
-    #[arg(
-        help = "Twilio API base URL [default: https://api.twilio.com].",
-        long,
-        env = "FLEET_TWILIO_API_BASE",
-        value_name = "URL"
-    )]
-    pub twilio_api_base: Option<String>,
 }
 
 /// The TOML file named by `FLEET_CONFIG`: every key optional, unknown keys rejected so typos are caught.
 ///
 /// Top-level keys have the same names as the settings of [`CommonConfig`], and as the settings one binary owns and resolves
-/// itself with [`CommonConfig::resolve`] (fleet-ingest's `queue_high_water`, `public_url` and `ingest_addr`).
+/// itself with [`CommonConfig::resolve`] (fleet-ingest's `queue_high_water`, `public_url` and `ingest_addr`, fleet-outbound's
+/// `meta_api_base` and `twilio_api_base`).
 /// Those stay top-level keys, where files have always set them, rather than moving into the binary's table; and every binary
 /// parses them, typed, because every binary reads the same file: a mistyped value fails at start with its line number, and
 /// a file shared by all the binaries is accepted by each.
@@ -145,9 +124,9 @@ pub struct FileConfig {
     pub queue_high_water: Option<u64>,
     /// Public base URL of ingest; read by fleet-ingest.
     pub public_url: Option<String>,
-    /// Meta Graph API base URL.
+    /// Meta Graph API base URL; read by fleet-outbound.
     pub meta_api_base: Option<String>,
-    /// Twilio API base URL.
+    /// Twilio API base URL; read by fleet-outbound.
     pub twilio_api_base: Option<String>,
     /// Ingest listen address; read by fleet-ingest.
     pub ingest_addr: Option<String>,
@@ -278,10 +257,6 @@ pub struct CommonConfig {
     pub admin_addr: Option<SocketAddr>,
     /// Log format (resolved: a terminal check decides when nothing was given).
     pub log_format: LogFormat,
-    /// Meta Graph API base URL, without a trailing slash.
-    pub meta_api_base: String,
-    /// Twilio API base URL, without a trailing slash.
-    pub twilio_api_base: String,
     /// The parsed config file (empty when there is none), for per-binary sections.
     file: FileConfig,
     /// Where the admin address came from when it was given by flag or env (those beat a section's `admin_addr`).
@@ -298,8 +273,6 @@ impl fmt::Debug for CommonConfig {
             .field("config_path", &self.config_path)
             .field("admin_addr", &self.admin_addr)
             .field("log_format", &self.log_format)
-            .field("meta_api_base", &redacted_url(&self.meta_api_base))
-            .field("twilio_api_base", &redacted_url(&self.twilio_api_base))
             .finish_non_exhaustive()
     }
 }
@@ -368,16 +341,6 @@ const LOG_FORMAT: Setting = Setting {
     key: "log_format",
     flag: "--log-format",
     env: "FLEET_LOG_FORMAT",
-};
-const META_API_BASE: Setting = Setting {
-    key: "meta_api_base",
-    flag: "--meta-api-base",
-    env: "FLEET_META_API_BASE",
-};
-const TWILIO_API_BASE: Setting = Setting {
-    key: "twilio_api_base",
-    flag: "--twilio-api-base",
-    env: "FLEET_TWILIO_API_BASE",
 };
 
 /// Resolves settings from the layers with one parser per setting, so a value is validated the same way whichever layer
@@ -613,21 +576,6 @@ impl CommonConfig {
             LogFormat::from_str,
         )?;
 
-        let meta = r.get_or(
-            &META_API_BASE,
-            args.meta_api_base.as_deref(),
-            f(&file.meta_api_base),
-            DEFAULT_META_API_BASE.to_owned(),
-            parse_http_base,
-        )?;
-        let twilio = r.get_or(
-            &TWILIO_API_BASE,
-            args.twilio_api_base.as_deref(),
-            f(&file.twilio_api_base),
-            DEFAULT_TWILIO_API_BASE.to_owned(),
-            parse_http_base,
-        )?;
-
         // Validate every section's admin_addr now, so a typo fails at start rather than when that binary asks.
         for name in SECTIONS {
             if let Some(raw) = file.section_table(name).and_then(|t| t.get("admin_addr"))
@@ -653,8 +601,6 @@ impl CommonConfig {
             config_path,
             admin_addr: admin.map(|a| a.value),
             log_format: log_format.value,
-            meta_api_base: meta.value,
-            twilio_api_base: twilio.value,
             file,
             admin_addr_from_cli_or_env,
         })
@@ -779,8 +725,6 @@ mod tests {
         assert_eq!(cfg.database_url, "postgres://postgres@127.0.0.1:5432/fleet");
         assert_eq!(cfg.key_prefix, "fleet");
         assert_eq!(cfg.tenants_path, PathBuf::from("tenants.toml"));
-        assert_eq!(cfg.meta_api_base, "https://graph.facebook.com/v23.0");
-        assert_eq!(cfg.twilio_api_base, "https://api.twilio.com");
         assert_eq!(cfg.admin_addr, None);
         assert_eq!(
             cfg.admin_addr_for("ingest", admin_ports::INGEST),
@@ -794,7 +738,6 @@ mod tests {
             redis_url = "redis://file:6379"
             database_url = "postgres://file/db"
             key_prefix = "file"
-            meta_api_base = "http://file-meta"
         "#;
         let args = CommonArgs {
             redis_url: Some("redis://flag:6379".into()),
@@ -815,11 +758,7 @@ mod tests {
         );
         assert_eq!(cfg.database_url, "postgres://env/db", "env beats file");
         assert_eq!(cfg.key_prefix, "file", "file beats default");
-        assert_eq!(cfg.meta_api_base, "http://file-meta", "file beats default");
-        assert_eq!(
-            cfg.twilio_api_base, DEFAULT_TWILIO_API_BASE,
-            "default when nothing is given"
-        );
+        assert_eq!(cfg.admin_addr, None, "nothing when nothing is given");
         assert_eq!(
             cfg.config_path.as_deref(),
             Some(Path::new("/etc/fleet/fleet.toml"))
@@ -943,10 +882,6 @@ mod tests {
                 "invalid admin_addr (from env FLEET_ADMIN_ADDR)",
             ),
             (&[("FLEET_LOG_FORMAT", "xml")], "invalid log_format"),
-            (
-                &[("FLEET_META_API_BASE", "ftp://x")],
-                "invalid meta_api_base",
-            ),
         ];
         for (env_pairs, expected) in cases {
             let msg = load(&CommonArgs::default(), env_pairs, None)
@@ -978,11 +913,12 @@ mod tests {
 
     #[test]
     fn one_binarys_top_level_keys_are_parsed_for_it_and_left_to_it() {
-        // Every binary reads the one file: ingest's keys must not stop the others, and must reach ingest as written.
-        let text = "ingest_addr = \"nope\"\npublic_url = \"x\"\nqueue_high_water = 0\n";
+        // Every binary reads the one file: one binary's keys must not stop the others, and must reach it as written.
+        let text = "ingest_addr = \"nope\"\npublic_url = \"x\"\nqueue_high_water = 0\nmeta_api_base = \"ftp://x\"\n";
         let cfg = load(&CommonArgs::default(), &[], Some(text)).unwrap();
         assert_eq!(cfg.file().ingest_addr.as_deref(), Some("nope"));
         assert_eq!(cfg.file().queue_high_water, Some(0));
+        assert_eq!(cfg.file().meta_api_base.as_deref(), Some("ftp://x"));
         // Typed, so a mistyped one still fails every binary's start with its line.
         let msg = load(
             &CommonArgs::default(),
@@ -1041,13 +977,11 @@ mod tests {
 
     #[test]
     fn base_urls_lose_their_trailing_slash() {
-        let cfg = load(
-            &CommonArgs::default(),
-            &[("FLEET_TWILIO_API_BASE", "http://127.0.0.1:9999/")],
-            None,
-        )
-        .unwrap();
-        assert_eq!(cfg.twilio_api_base, "http://127.0.0.1:9999");
+        assert_eq!(
+            parse_http_base("http://127.0.0.1:9999/").unwrap(),
+            "http://127.0.0.1:9999"
+        );
+        assert!(parse_http_base("ftp://x").is_err());
     }
 
     #[test]
@@ -1220,8 +1154,6 @@ mod tests {
             "FLEET_CONFIG",
             "FLEET_ADMIN_ADDR",
             "FLEET_LOG_FORMAT",
-            "FLEET_META_API_BASE",
-            "FLEET_TWILIO_API_BASE",
         ] {
             assert!(
                 help.contains(&format!("[env: {var}")),
@@ -1233,6 +1165,8 @@ mod tests {
             "FLEET_QUEUE_HIGH_WATER",
             "FLEET_PUBLIC_URL",
             "FLEET_INGEST_ADDR",
+            "FLEET_META_API_BASE",
+            "FLEET_TWILIO_API_BASE",
         ] {
             assert!(!help.contains(var), "{var} is not a shared flag");
         }
@@ -1255,8 +1189,6 @@ mod tests {
         let cfg = load(&CommonArgs::default(), &[], Some(&uncommented)).unwrap();
         assert_eq!(cfg.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(cfg.key_prefix, DEFAULT_KEY_PREFIX);
-        assert_eq!(cfg.meta_api_base, DEFAULT_META_API_BASE);
-        assert_eq!(cfg.twilio_api_base, DEFAULT_TWILIO_API_BASE);
         assert_eq!(cfg.log_format, LogFormat::Json);
         assert_eq!(
             cfg.admin_addr_for("outbound", 1),
