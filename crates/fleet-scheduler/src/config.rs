@@ -152,25 +152,29 @@ impl SchedulerConfig {
         }
         Ok(())
     }
-
-    /// Parses the `[scheduler]` table of a config file (for tests and tools; binaries use
-    /// `CommonConfig::section`), without validating it.
-    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        toml_value(text)
-    }
-}
-
-fn toml_value(text: &str) -> Result<SchedulerConfig, ConfigError> {
-    let table: toml::Table =
-        toml::from_str(text).map_err(|e| ConfigError(e.message().replace('\n', " ")))?;
-    toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| ConfigError(e.message().replace('\n', " ")))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{collections::HashMap, path::Path};
+
+    use fleet_runtime::{CommonArgs, CommonConfig};
+
     use super::*;
+
+    /// The `[scheduler]` section of a config file `text`, read as the binary reads it, without
+    /// validating it.
+    fn section(text: &str) -> Result<SchedulerConfig, String> {
+        let env: HashMap<&str, &str> = HashMap::new();
+        CommonConfig::load_with_file_text(
+            &CommonArgs::default(),
+            &env,
+            Path::new("/tmp/fleet.toml"),
+            text,
+        )
+        .and_then(|common| common.section("scheduler"))
+        .map_err(|e| e.to_string())
+    }
 
     #[test]
     fn defaults_are_valid_and_documented_values() {
@@ -212,24 +216,25 @@ mod tests {
 
     #[test]
     fn the_file_section_reads_units_and_disabled_values() {
-        let c = SchedulerConfig::from_toml(
+        let c = section(
             r#"
+            [scheduler]
             max_job_timeout = "20s"
-            [leader]
+            [scheduler.leader]
             ttl = "15s"
-            [delayed]
+            [scheduler.delayed]
             interval = "100ms"
             batch_size = 200
-            [stalled]
+            [scheduler.stalled]
             lease = "1m"
-            [stalled.lease_per_queue]
+            [scheduler.stalled.lease_per_queue]
             outbound = "5m"
-            [retention]
+            [scheduler.retention]
             acked_max_age = "off"
             acked_max_count = 0
             dead_max_age = "7d"
             dead_max_count = -1
-            [consumers]
+            [scheduler.consumers]
             idle = "2h"
             "#,
         )
@@ -255,14 +260,20 @@ mod tests {
     #[test]
     fn bad_values_are_refused_with_the_setting_named() {
         for (text, needle) in [
-            ("[stalled]\nlease = 30", "no unit"),
-            ("[stalled]\nleese = \"30s\"", "leese"),
-            ("[delayed]\nbatch_size = 0", "delayed.batch_size"),
-            ("[retention]\ndead_max_count = \"many\"", "not a count"),
-            ("[stalled.lease_per_queue]\nreplies = \"1m\"", "replies"),
-            ("[leader]\nttl = \"10ms\"", "leader.ttl"),
+            ("[scheduler.stalled]\nlease = 30", "no unit"),
+            ("[scheduler.stalled]\nleese = \"30s\"", "leese"),
+            ("[scheduler.delayed]\nbatch_size = 0", "delayed.batch_size"),
+            (
+                "[scheduler.retention]\ndead_max_count = \"many\"",
+                "not a count",
+            ),
+            (
+                "[scheduler.stalled.lease_per_queue]\nreplies = \"1m\"",
+                "replies",
+            ),
+            ("[scheduler.leader]\nttl = \"10ms\"", "leader.ttl"),
         ] {
-            let e = SchedulerConfig::from_toml(text).and_then(|c| c.validate());
+            let e = section(text).and_then(|c| c.validate().map_err(|e| e.to_string()));
             let e = e.unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
         }
