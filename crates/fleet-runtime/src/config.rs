@@ -257,7 +257,7 @@ pub struct CommonConfig {
     pub admin_addr: Option<SocketAddr>,
     /// Log format (resolved: a terminal check decides when nothing was given).
     pub log_format: LogFormat,
-    /// The parsed config file (empty when there is none), for per-binary sections.
+    /// The parsed config file (empty when there is none), for per-binary sections and the top-level keys of one binary.
     file: FileConfig,
     /// Where the admin address came from when it was given by flag or env (those beat a section's `admin_addr`).
     admin_addr_from_cli_or_env: bool,
