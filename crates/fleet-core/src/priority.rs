@@ -36,6 +36,24 @@ impl Priority {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// The level's one-letter code: the first letter of its name. It prefixes a delayed job's
+    /// member in the delayed set (see fleet-queue's `entry.rs`).
+    pub fn code(self) -> char {
+        match self {
+            Priority::High => 'h',
+            Priority::Normal => 'n',
+            Priority::Low => 'l',
+        }
+    }
+
+    /// Every level's code, highest first: what the queue's Lua scripts are given, so that they
+    /// take the levels from here instead of spelling them out.
+    pub const CODES: &'static str = "hnl";
+
+    /// Every level's name, highest first, space-separated (for the dead-letter replay script,
+    /// whose entries name their level).
+    pub const NAMES: &'static str = "high normal low";
 }
 
 impl fmt::Display for Priority {
@@ -72,6 +90,17 @@ mod tests {
             assert_eq!(p.as_str().parse::<Priority>().unwrap(), p);
         }
         assert!("urgent".parse::<Priority>().is_err());
+    }
+
+    #[test]
+    fn codes_and_names_follow_the_levels() {
+        let codes: String = Priority::ALL.iter().map(|p| p.code()).collect();
+        assert_eq!(codes, Priority::CODES);
+        let names: Vec<&str> = Priority::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names.join(" "), Priority::NAMES);
+        for p in Priority::ALL {
+            assert!(p.as_str().starts_with(p.code()));
+        }
     }
 
     #[test]

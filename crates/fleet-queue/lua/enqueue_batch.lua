@@ -1,11 +1,13 @@
 -- Appends a batch of jobs in one call, all or nothing: one command and one round trip for the
 -- whole batch, which costs the client far less than one XADD per job. (A single job with an
 -- idempotency key or a delay goes through enqueue_one.lua, the lean form of a batch of one.)
--- KEYS[1..3] = the high, normal and low streams, KEYS[4] = the delayed set,
--- KEYS[5..] = the idempotency keys of the jobs that have one
--- ARGV[1] = number of jobs, ARGV[2] = now in ms, or '' to use the Redis server's clock (one clock
+-- ARGV[1] = the priority levels' one-letter codes, highest first (`Priority::CODES`: 'hnl'), so
+-- the levels are defined once, in fleet-core, and this script takes them from its caller
+-- KEYS[1..L] = the L levels' streams in that order, KEYS[L + 1] = the delayed set,
+-- KEYS[L + 2..] = the idempotency keys of the jobs that have one
+-- ARGV[2] = number of jobs, ARGV[3] = now in ms, or '' to use the Redis server's clock (one clock
 -- for every process: a delayed job is due at now + its delay, whoever enqueued it);
--- then 7 arguments per job: stream index (1..3), delay in ms (0: append now), idempotency key
+-- then 7 arguments per job: stream index (1..L), delay in ms (0: append now), idempotency key
 -- index in KEYS (0: none), key TTL in ms, job id, header, payload
 -- Returns a flat list {position, first job id, ...} of the jobs NOT appended because their
 -- idempotency key was seen (earlier, or earlier in this batch); every other job was appended.
@@ -26,19 +28,23 @@
 -- built only on an error: on a batch of 500 jobs, per-job tables cost Redis more time than the
 -- appends, and on a single job every closure and table shows.
 
-local n = tonumber(ARGV[1])
-if not n or n < 0 or #ARGV ~= 2 + n * 7 then
-  return redis.error_reply('ERR enqueue_batch: expected 2 + 7 arguments per job')
+local codes = ARGV[1]
+local levels = string.len(codes)
+local delayed = levels + 1
+local n = tonumber(ARGV[2])
+if not n or n < 0 or #ARGV ~= 3 + n * 7 or levels < 1 or #KEYS < delayed then
+  return redis.error_reply('ERR enqueue_batch: expected the level codes, their streams, the '
+    .. 'delayed set, and 3 + 7 arguments per job')
 end
-local last = 2 + n * 7
+local last = 3 + n * 7
 local nkeys = #KEYS
 
 -- 1. Key types. (A batch of one skips them: its append is its last write, and a failed append
 -- is undone by releasing its claim alone; so a single idempotent enqueue stays as cheap as it
 -- was.)
 if n > 1 then
-  for k = 1, 4 do
-    local want = k == 4 and 'zset' or 'stream'
+  for k = 1, delayed do
+    local want = k == delayed and 'zset' or 'stream'
     local t = redis.call('TYPE', KEYS[k])['ok']
     if t ~= 'none' and t ~= want then
       return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. t .. ', not a ' .. want
@@ -47,27 +53,28 @@ if n > 1 then
   end
 end
 
--- 2. Idempotency claims (only a batch with a key has KEYS beyond the fourth).
+-- 2. Idempotency claims (only a batch with a key has KEYS beyond the delayed set).
+-- A job's arguments start at ARGV[b]; it is the ((b - 4) / 7 + 1)-th job, (b + 3) / 7.
 local claimed, duplicate, out = nil, nil, {}
-if nkeys > 4 then
+if nkeys > delayed then
   claimed, duplicate = {}, {}
-  for b = 3, last, 7 do
+  for b = 4, last, 7 do
     local key_at = tonumber(ARGV[b + 2])
     if key_at ~= 0 then
       local first
-      if key_at and key_at >= 5 and key_at <= nkeys then
+      if key_at and key_at > delayed and key_at <= nkeys then
         first = redis.pcall('SET', KEYS[key_at], ARGV[b + 4], 'NX', 'GET', 'PX', ARGV[b + 3])
       else
         first = {err = 'ERR enqueue_batch: bad idempotency key index'}
       end
       if type(first) == 'table' and first.err then
         for _, key in ipairs(claimed) do redis.call('DEL', key) end
-        return redis.error_reply(first.err .. ' (job ' .. (b + 4) / 7
+        return redis.error_reply(first.err .. ' (job ' .. (b + 3) / 7
           .. '): nothing of the batch was written')
       end
       if first then
         duplicate[b] = true
-        out[#out + 1] = (b + 4) / 7
+        out[#out + 1] = (b + 3) / 7
         out[#out + 1] = first
       else
         claimed[#claimed + 1] = KEYS[key_at]
@@ -78,57 +85,56 @@ end
 
 -- 3. Appends.
 local now = nil
-local a1, a2, a3 = 0, 0, 0
-for b = 3, last, 7 do
+local appended = {}
+for b = 4, last, 7 do
   if not (duplicate and duplicate[b]) then
     local idx, delay = tonumber(ARGV[b]), tonumber(ARGV[b + 1])
     local r
-    if not (idx and idx >= 1 and idx <= 3 and delay and delay >= 0) then
+    if not (idx and idx >= 1 and idx <= levels and delay and delay >= 0) then
       r = {err = 'ERR enqueue_batch: bad arguments'}
     elseif delay > 0 then
       if not now then
-        if ARGV[2] == '' then
+        if ARGV[3] == '' then
           local t = redis.call('TIME')
           now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         else
-          now = tonumber(ARGV[2])
+          now = tonumber(ARGV[3])
         end
       end
       if now then
         local header = ARGV[b + 5]
-        r = redis.pcall('ZADD', KEYS[4], string.format('%.0f', now + delay),
-          string.sub('hnl', idx, idx) .. '|' .. string.len(header) .. '|' .. header .. ARGV[b + 6])
+        r = redis.pcall('ZADD', KEYS[delayed], string.format('%.0f', now + delay),
+          string.sub(codes, idx, idx) .. '|' .. string.len(header) .. '|' .. header .. ARGV[b + 6])
       else
         r = {err = 'ERR enqueue_batch: now must be a number or empty'}
       end
     else
       r = redis.pcall('XADD', KEYS[idx], '*', 'h', ARGV[b + 5], 'p', ARGV[b + 6])
       if type(r) ~= 'table' then
-        if idx == 1 then a1 = a1 + 1 elseif idx == 2 then a2 = a2 + 1 else a3 = a3 + 1 end
+        appended[idx] = (appended[idx] or 0) + 1
       end
     end
     if type(r) == 'table' and r.err then
       -- Undo what the jobs before this one wrote: their entries are the newest of their streams
       -- (nothing runs between a script's commands), their delayed members are rebuilt from
       -- their arguments, and their keys are released.
-      local appended = {a1, a2, a3}
-      for k = 1, 3 do
-        if appended[k] > 0 then
+      for k = 1, levels do
+        if (appended[k] or 0) > 0 then
           for _, e in ipairs(redis.call('XREVRANGE', KEYS[k], '+', '-', 'COUNT', appended[k])) do
             redis.call('XDEL', KEYS[k], e[1])
           end
         end
       end
-      for p = 3, b - 7, 7 do
+      for p = 4, b - 7, 7 do
         local pidx, pdelay = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
         if not (duplicate and duplicate[p]) and pdelay > 0 then
           local header = ARGV[p + 5]
-          redis.call('ZREM', KEYS[4], string.sub('hnl', pidx, pidx) .. '|' .. string.len(header)
+          redis.call('ZREM', KEYS[delayed], string.sub(codes, pidx, pidx) .. '|' .. string.len(header)
             .. '|' .. header .. ARGV[p + 6])
         end
       end
       for _, key in ipairs(claimed or {}) do redis.call('DEL', key) end
-      return redis.error_reply(r.err .. ' (job ' .. (b + 4) / 7 .. '): the batch was undone')
+      return redis.error_reply(r.err .. ' (job ' .. (b + 3) / 7 .. '): the batch was undone')
     end
   end
 end

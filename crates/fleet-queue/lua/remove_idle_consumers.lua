@@ -1,8 +1,8 @@
--- Removes a queue's idle consumers that hold nothing, atomically over its three streams.
+-- Removes a queue's idle consumers that hold nothing, atomically over its streams.
 -- XGROUP DELCONSUMER drops whatever the consumer holds: an entry it was served is then in nobody's
 -- pending list and behind the group's last-delivered id, so it is never delivered again. Checked
 -- and deleted in one script, no read can be served between the check and the delete.
--- KEYS[1..3] = the high, normal and low streams
+-- KEYS = the queue's streams, one per priority level
 -- ARGV[1] = idle threshold in ms
 -- A consumer is one name across the streams and their groups: it goes only when it holds nothing
 -- on any of them and has been idle on every one for at least the threshold (a consumer reading
@@ -23,7 +23,7 @@ end
 
 -- Where each name is registered, what it holds and how long it has been idle.
 local seen, order = {}, {}
-for s = 1, 3 do
+for s = 1, #KEYS do
   if redis.call('EXISTS', KEYS[s]) == 1 then
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[s])) do
       local group = fields(g)['name']

@@ -144,7 +144,11 @@ impl Queue {
         keys.push(self.keys.dead());
         let mut moved = 0;
         for chunk in ids.chunks(REPLAY_CHUNK) {
-            let args: Vec<Value> = chunk.iter().map(|id| id.as_str().into()).collect();
+            let mut args: Vec<Value> = vec![
+                Priority::NAMES.into(),
+                crate::maintenance::default_level_position(),
+            ];
+            args.extend(chunk.iter().map(|id| Value::from(id.as_str())));
             let reply = self
                 .broker
                 .eval(&self.broker.scripts.replay, keys.clone(), args)

@@ -6,7 +6,8 @@
 //! `XADD` and each read small, which is most of the queue's cost in Redis; keeping the header as
 //! text lets the Lua scripts count an attempt without decoding the payload.
 //! A delayed-set member packs the priority, the header and the payload into one string:
-//! `<h|n|l>|<header length>|<header><payload>` (the payload last, so it may hold any byte).
+//! `<level code>|<header length>|<header><payload>` (the code is `Priority::code`, `h`, `n` or `l`;
+//! the payload last, so it may hold any byte).
 //! A dead entry adds `reason`, `error`, `orig` (the entry's id in its stream), `prio` and `died`
 //! (Unix ms).
 
@@ -58,7 +59,7 @@ impl StoredJob {
     /// The delayed-set member of this job at `priority`.
     pub(crate) fn delayed_member(&self, priority: Priority) -> Value {
         let header = self.header();
-        let mut m = format!("{}|{}|{header}", &priority.as_str()[..1], header.len()).into_bytes();
+        let mut m = format!("{}|{}|{header}", priority.code(), header.len()).into_bytes();
         m.extend_from_slice(&self.payload);
         Value::Bytes(m.into())
     }

@@ -40,7 +40,12 @@ impl Queue {
     pub async fn promote_due(&self, now: impl Into<Clock>, limit: usize) -> Result<u64> {
         let mut keys: Vec<String> = self.keys.streams().to_vec();
         keys.push(self.keys.delayed());
-        let args: Vec<Value> = vec![now.into().arg(), (limit.max(1) as i64).into()];
+        let args: Vec<Value> = vec![
+            Priority::CODES.into(),
+            default_level_position(),
+            now.into().arg(),
+            (limit.max(1) as i64).into(),
+        ];
         let reply = self
             .broker
             .eval(&self.broker.scripts.promote, keys, args)
@@ -250,4 +255,10 @@ impl Queue {
         removed.sort();
         Ok(removed)
     }
+}
+
+/// The position (from 1) of the default priority level among the levels, as the scripts number
+/// their streams: where a delayed member or a dead letter that names no level goes.
+pub(crate) fn default_level_position() -> Value {
+    (Priority::default().index() as i64 + 1).into()
 }

@@ -253,7 +253,8 @@ impl Queue {
     async fn append_batch(&self, prepared: &[Prepared]) -> Result<Vec<Enqueued>> {
         let mut keys: Vec<String> = self.keys.streams().to_vec();
         keys.push(self.keys.delayed());
-        let mut args: Vec<Value> = Vec::with_capacity(2 + prepared.len() * 7);
+        let mut args: Vec<Value> = Vec::with_capacity(3 + prepared.len() * 7);
+        args.push(Priority::CODES.into());
         args.push((prepared.len() as i64).into());
         args.push(self.clock.arg());
         for p in prepared {

@@ -102,7 +102,7 @@ async fn a_batch_script_failing_after_its_first_writes_undoes_them() {
             .map(str::to_owned)
             .to_vec()
     };
-    let mut args = vec!["3".to_owned(), "".to_owned()];
+    let mut args = vec![Priority::CODES.to_owned(), "3".to_owned(), "".to_owned()];
     args.extend(job("1", "0", "5", "a"));
     args.extend(job("2", "5000", "6", "b"));
     args.extend(job("9", "0", "0", "c"));
