@@ -60,6 +60,46 @@ pub const MAX_ATTEMPTS_DEFAULT: u32 = 8;
 /// Default lifetime of an idempotency key: a day, longer than any provider's redelivery window.
 pub const IDEMPOTENCY_TTL_DEFAULT: Duration = Duration::from_secs(24 * 3600);
 
+/// How a worker retries the jobs it fails: attempts in all (first run included) and the backoff
+/// between them. A job carries the producer's choice in its header; a worker that owns the
+/// policy for its queue (fleet-outbound, which knows what a provider's failures mean) sets its
+/// own on its consumer, and it replaces the job's from the first delivery on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all before the job goes to the dead-letter stream; at least 1.
+    pub max_attempts: u32,
+    /// Backoff between attempts.
+    pub backoff: Backoff,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: MAX_ATTEMPTS_DEFAULT,
+            backoff: Backoff::DEFAULT,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Checks the policy; the message names the field under `section`.
+    pub fn validate(&self, section: &str) -> Result<(), String> {
+        if !(1..=1_000).contains(&self.max_attempts) {
+            return Err(format!(
+                "{section}.max_attempts must be 1..=1000, got {}",
+                self.max_attempts
+            ));
+        }
+        if self.backoff.initial_ms == 0 || self.backoff.max_ms < self.backoff.initial_ms {
+            return Err(format!(
+                "{section}.backoff: initial_ms must be positive and at most max_ms"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Per-job options of an enqueue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnqueueOptions {

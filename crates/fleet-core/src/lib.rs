@@ -11,7 +11,7 @@ pub use event::{
     DeliveryStatus, InboundBody, InboundEvent, InboundMessage, MediaRef, OutboundBody,
     OutboundMessage, Provider, SentNote, StatusEvent,
 };
-pub use job::{EnqueueOptions, JobId};
+pub use job::{EnqueueOptions, JobId, RetryPolicy};
 pub use priority::Priority;
 
 /// Name of the queue that carries webhook messages and status events to `fleet-prospects`.

@@ -700,6 +700,8 @@ async fn send_message(State(state): State<AppState>, headers: HeaderMap, body: B
                 serde_json::from_slice(&raw).map_err(|e| malformed_json(&e))?;
             let (message, priority) = validate_send(&tenant, request)?;
             let queues = available(&state, OUTBOUND_QUEUE)?;
+            // Priority and idempotency only: how a send is retried is fleet-outbound's own policy
+            // (`[outbound.retry]`), which replaces the job's default on delivery.
             let mut options = EnqueueOptions::with_priority(priority);
             if let Some(key) = key {
                 options = options.idempotent(rules::api_idempotency_key(&tenant.id, key));

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use fleet_core::RetryPolicy;
 use fleet_providers::HttpConfig;
 use fleet_runtime::{
     CommonConfig, ConfigError, Env, ProcessEnv,
@@ -96,6 +97,10 @@ pub struct OutboundConfig {
     /// outcome (it may be frozen, or mid-send), in milliseconds; past it the earlier holder is
     /// taken for dead and the job is sent.
     pub in_doubt_wait_ms: u64,
+    /// How failed sends are retried: attempts in all and the backoff between them (a provider's
+    /// `Retry-After` takes precedence over the backoff). Outbound's own: it replaces what the
+    /// producers (ingest's send API, prospects' automatic replies) wrote into each job.
+    pub retry: RetryPolicy,
     /// Most results written to Postgres at once.
     pub record_batch: usize,
     /// Longest a result waits before its batch is written, in milliseconds.
@@ -126,6 +131,7 @@ impl Default for OutboundConfig {
             reservation_grace_ms: 10_000,
             local_wait_max_ms: 50,
             in_doubt_wait_ms: IN_DOUBT_WAIT_DEFAULT.as_millis() as u64,
+            retry: RetryPolicy::default(),
             record_batch: RECORD_BATCH_DEFAULT,
             record_linger_ms: RECORD_LINGER_DEFAULT.as_millis() as u64,
             drain_timeout_ms: DRAIN_TIMEOUT_DEFAULT.as_millis() as u64,
@@ -200,6 +206,7 @@ impl OutboundConfig {
                 "outbound.recipient_burst and outbound.sender_burst must be at least 1".into(),
             );
         }
+        self.retry.validate("outbound.retry")?;
         if self.in_doubt_wait_ms == 0 {
             return Err("outbound.in_doubt_wait_ms must be positive".into());
         }
@@ -351,5 +358,24 @@ mod tests {
             ..OutboundConfig::default()
         };
         assert!(bad.validate().is_err());
+        let c: OutboundConfig = toml::from_str(
+            "[retry]\nmax_attempts = 3\nbackoff = { initial_ms = 500, max_ms = 60000 }\n",
+        )
+        .unwrap();
+        assert_eq!(c.retry.max_attempts, 3);
+        assert_eq!(c.retry.backoff.initial_ms, 500);
+        let never = OutboundConfig {
+            retry: RetryPolicy {
+                max_attempts: 0,
+                ..RetryPolicy::default()
+            },
+            ..OutboundConfig::default()
+        };
+        assert!(
+            never
+                .validate()
+                .unwrap_err()
+                .contains("outbound.retry.max_attempts")
+        );
     }
 }

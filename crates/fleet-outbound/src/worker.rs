@@ -172,7 +172,7 @@ pub async fn run(
         record_rx,
         recorder_stop.clone(),
     ));
-    let (concurrency, batch_size) = (config.concurrency, config.batch_size);
+    let (concurrency, batch_size, retry) = (config.concurrency, config.batch_size, config.retry);
     // Handlers: every send in flight plus every sent result waiting for its batch (the recorder's
     // channel holds at most `2 * record_batch`), the same bound the results had before apalis.
     let handlers = concurrency + 2 * config.record_batch;
@@ -225,6 +225,8 @@ pub async fn run(
             // A fresh consumer name on every restart.
             let options = ConsumerOptions {
                 batch_size,
+                // Outbound owns its retry policy, whatever the producers wrote into the jobs.
+                retry: Some(retry),
                 ..ConsumerOptions::new("outbound")
             };
             WorkerBuilder::new("outbound")

@@ -65,6 +65,7 @@ pub fn plan(
                     created_at_ms,
                     sent: None,
                 },
+                // Retries are fleet-outbound's own policy (`[outbound.retry]`), not chosen here.
                 options: EnqueueOptions::with_priority(priority).idempotent(key),
             });
         };

@@ -8,7 +8,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use fleet_core::{Backoff, JobId, Priority, wire};
+use fleet_core::{Backoff, JobId, Priority, RetryPolicy, wire};
 use fred::{
     cmd,
     prelude::*,
@@ -89,6 +89,13 @@ pub struct ConsumerOptions {
     pub mode: PriorityMode,
     /// Cap of the dead-letter stream.
     pub dead_letter_cap: u64,
+    /// The worker's own retry policy for this queue. `Some` replaces the attempts and backoff
+    /// each job carries from its producer (on every delivery, so a retry writes it into the job
+    /// too); `None` keeps the job's. The worker that knows what its failures mean owns it:
+    /// fleet-outbound sets it from `[outbound] max_attempts` and `retry_backoff`. (Stalled
+    /// recovery, which runs in the scheduler, counts against what the job carries, which is the
+    /// worker's own from the job's first retry on.)
+    pub retry: Option<RetryPolicy>,
 }
 
 impl ConsumerOptions {
@@ -103,6 +110,7 @@ impl ConsumerOptions {
             block: Duration::from_secs(2),
             mode: PriorityMode::default(),
             dead_letter_cap: DEAD_LETTER_CAP_DEFAULT,
+            retry: None,
         }
     }
 }
@@ -531,8 +539,11 @@ impl Consumer {
                     priority,
                     job_id: job.job_id,
                     attempts: job.attempts,
-                    max_attempts: job.max_attempts,
-                    backoff: job.backoff,
+                    max_attempts: self
+                        .options
+                        .retry
+                        .map_or(job.max_attempts, |r| r.max_attempts),
+                    backoff: self.options.retry.map_or(job.backoff, |r| r.backoff),
                     enqueued_at_ms: job.enqueued_at_ms,
                     payload: job.payload,
                 }),

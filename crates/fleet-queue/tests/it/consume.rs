@@ -2,8 +2,8 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use fleet_core::{Backoff, EnqueueOptions, Priority};
-use fleet_queue::{PriorityMode, RetryAfter, RetryOutcome};
+use fleet_core::{Backoff, EnqueueOptions, Priority, RetryPolicy};
+use fleet_queue::{ConsumerOptions, PriorityMode, RetryAfter, RetryOutcome};
 use fred::prelude::*;
 
 use crate::support::{TestQueue, redis_url};
@@ -193,6 +193,63 @@ async fn retry_counts_attempts_and_waits_in_the_delayed_set() {
     );
     assert_eq!(dead[0].original_id, b[0].stream_id);
     assert_eq!(dead[0].job_id.as_deref(), Some(b[0].job_id.as_str()));
+}
+
+/// The consuming worker's own retry policy replaces the one the producer wrote into the job: a
+/// producer's 8 attempts with 5 min of backoff become the worker's 2 attempts with 50 ms.
+#[tokio::test]
+async fn a_consumer_retry_policy_replaces_the_producers() {
+    let t = TestQueue::new().await;
+    t.queue
+        .enqueue(&"flaky", &EnqueueOptions::default())
+        .await
+        .unwrap();
+    let worker_policy = RetryPolicy {
+        max_attempts: 2,
+        backoff: Backoff {
+            initial_ms: 50,
+            max_ms: 50,
+        },
+    };
+    let mut c = t
+        .queue
+        .consumer(ConsumerOptions {
+            retry: Some(worker_policy),
+            block: Duration::from_millis(50),
+            ..ConsumerOptions::new("owner")
+        })
+        .await
+        .unwrap();
+    let first = c.next_batch().await.unwrap().remove(0);
+    assert_eq!(
+        (first.max_attempts, first.backoff),
+        (2, worker_policy.backoff)
+    );
+    match c.retry(&first, RetryAfter::Backoff, "boom").await.unwrap() {
+        RetryOutcome::Scheduled { delay } => assert!(delay <= Duration::from_millis(50)),
+        other => panic!("expected a scheduled retry, got {other:?}"),
+    }
+    t.queue
+        .promote_due(t.queue.now_ms() + 1_000, 10)
+        .await
+        .unwrap();
+    drop(c);
+    // The retry wrote the worker's policy into the job (what stalled recovery counts against):
+    // a consumer without a policy of its own reads it from there.
+    let mut plain = t.consumer(10).await;
+    let second = plain.next_batch().await.unwrap().remove(0);
+    assert_eq!((second.attempts, second.max_attempts), (1, 2));
+    assert_eq!(
+        plain
+            .retry(&second, RetryAfter::Backoff, "boom again")
+            .await
+            .unwrap(),
+        RetryOutcome::DeadLettered,
+        "the worker's 2 attempts, not the producer's {}",
+        EnqueueOptions::default().max_attempts
+    );
+    let dead = t.queue.dead_list(10, None).await.unwrap();
+    assert_eq!(dead[0].attempts, 2);
 }
 
 #[tokio::test]
