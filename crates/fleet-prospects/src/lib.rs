@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod config;
+pub mod metrics;
 pub mod replies;
 pub mod worker;
 
@@ -61,7 +62,7 @@ pub async fn run(
     let mut monitor = Monitor::new()
         .should_restart(move |worker, error| {
             let restart = !stopping.is_cancelled() && worker.restarts() < RESTARTS_MAX;
-            metrics::counter!("fleet_prospects_failures_total", "reason" => "redis").increment(1);
+            ::metrics::counter!("fleet_prospects_failures_total", "reason" => "redis").increment(1);
             tracing::warn!(worker = worker.name(), %error, restart, "a prospects worker ended");
             if !restart && !stopping.is_cancelled() {
                 // Out of restarts: stop the whole process (its other workers finish their
@@ -77,7 +78,7 @@ pub async fn run(
             // The backend's settlement failed (Redis away: the entries stay pending and the
             // scheduler reclaims them) or the handler panicked (retried through the delayed set).
             if let Event::Error(error) = event {
-                metrics::counter!("fleet_prospects_failures_total", "reason" => "settle")
+                ::metrics::counter!("fleet_prospects_failures_total", "reason" => "settle")
                     .increment(1);
                 tracing::warn!(worker = worker.name(), %error, "a batch could not be settled as handled");
             }
@@ -141,7 +142,7 @@ async fn wait_for_redis(broker: &Broker, config: &Config, shutdown: &Shutdown) -
         match broker.ping().await {
             Ok(_) => return true,
             Err(e) => {
-                metrics::counter!("fleet_prospects_failures_total", "reason" => "redis")
+                ::metrics::counter!("fleet_prospects_failures_total", "reason" => "redis")
                     .increment(1);
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %e, failures, "Redis unavailable; waiting to start the workers");

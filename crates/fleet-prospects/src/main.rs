@@ -63,6 +63,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         admin_ports::PROSPECTS,
     );
     fleet_queue::describe_metrics();
+    fleet_prospects::metrics::describe();
     let connected: Connected<Broker> = Connected::new();
     // Ready for Postgres once the schema is migrated (when asked to) and while it answers.
     let database: Connected<Store> = Connected::new();
