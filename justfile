@@ -8,6 +8,10 @@ default:
 test *args:
     cargo xtask test {{args}}
 
+# cargo deny against deny.toml (licenses, bans, sources, advisories).
+deny:
+    cargo xtask deny
+
 # The whole pipeline on local defaults.
 demo *args:
     cargo xtask demo {{args}}

@@ -1,18 +1,22 @@
 //! Fleet's task runner, so that nothing beyond cargo is needed: `cargo xtask <task>`.
 //!
-//! - `test`: checks the architecture invariants (`tidy`), makes sure Redis and Postgres answer
-//!   (starting local ones), runs every test, then the short chaos suite (skipped with
-//!   `--skip-chaos` or `FLEET_SKIP_CHAOS=1`);
+//! - `test`: checks the architecture invariants (`tidy`) and the supply chain (`deny`, not when
+//!   test arguments filter the run), makes sure Redis and Postgres answer (starting local ones),
+//!   runs every test, then the short chaos suite (skipped with `--skip-chaos` or
+//!   `FLEET_SKIP_CHAOS=1`);
 //! - `demo`: runs the whole pipeline on local defaults and sends it a burst of webhooks;
 //! - `services`: only makes sure Redis and Postgres answer;
 //! - `bench`: the queue-core throughput benchmark beside `redis-benchmark`;
 //! - `chaos`: the chaos suite: the real binaries under faults, then the invariants (docs/chaos.md);
 //! - `tidy`: the architecture invariants (crate layering, SQL only in fleet-store, Redis keys and
 //!   Lua only in fleet-queue, a `//!` line atop every file); `test` runs it first;
+//! - `deny`: `cargo deny check` against deny.toml (licenses, bans, sources, and advisories when
+//!   the advisory database can be fetched), installing the pinned cargo-deny if needed;
 //! - `ci`: what CI runs: formatting, lints, then `test`.
 
 mod chaos;
 mod demo;
+mod deny;
 mod services;
 mod tidy;
 
@@ -50,6 +54,9 @@ enum Task {
     Chaos(chaos::ChaosArgs),
     /// Check the architecture invariants of ARCHITECTURE.md (also the first step of `test`).
     Tidy,
+    /// `cargo deny check` against deny.toml, installing the pinned cargo-deny if needed (also
+    /// a step of `test`).
+    Deny,
     /// Formatting, lints and tests, as CI runs them.
     Ci,
 }
@@ -68,6 +75,11 @@ fn run(mut cmd: Command) -> Result<()> {
 
 fn test(args: &[String], skip_chaos: bool) -> Result<()> {
     tidy::run()?;
+    if args.is_empty() {
+        deny::run_checks()?;
+    } else {
+        eprintln!("xtask: cargo deny skipped (the tests were filtered)");
+    }
     services::ensure_services()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--all-targets"]);
@@ -96,6 +108,7 @@ fn main() -> Result<()> {
         }
         Task::Services => services::ensure_services(),
         Task::Tidy => tidy::run(),
+        Task::Deny => deny::run_checks(),
         Task::Bench => {
             services::ensure_services()?;
             let mut cmd = cargo();
