@@ -11,7 +11,7 @@ pub mod tenants;
 mod toml_error;
 
 pub use admin::{AdminState, ReadinessCheck, admin_router, serve_admin};
-pub use config::{CommonArgs, CommonConfig, ConfigError, FileConfig, redacted_url};
+pub use config::{CommonArgs, CommonConfig, ConfigError, FileConfig, RedactedUrl, redacted_url};
 pub use env::{Env, ProcessEnv};
 pub use shutdown::{DrainTimeout, Shutdown, drain_with_timeout, shutdown_signal};
 pub use telemetry::{

@@ -175,7 +175,18 @@ pub struct Tenant {
     /// Automatic replies.
     pub replies: Replies,
     /// SHA-256 of the API token, compared in constant time by [`Tenants::by_api_token`].
-    token_digest: [u8; 32],
+    token_digest: TokenDigest,
+}
+
+/// The SHA-256 of an API token. Its `Debug` shows nothing of it: a digest of a short or guessable token is as good as the
+/// token to whoever reads a log.
+#[derive(Clone)]
+struct TokenDigest([u8; 32]);
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest(***)")
+    }
 }
 
 impl Tenant {
@@ -470,7 +481,7 @@ fn build_tenant(index: usize, raw: RawTenant, env: &dyn Env) -> Result<Tenant, T
         ));
     }
     let replies = build_replies(t, raw.replies)?;
-    let token_digest = Sha256::digest(api_token.expose_secret().as_bytes()).into();
+    let token_digest = TokenDigest(Sha256::digest(api_token.expose_secret().as_bytes()).into());
     Ok(Tenant {
         id,
         api_token,
@@ -541,7 +552,7 @@ impl Tenants {
             if let Some(other) = tenants
                 .list
                 .iter()
-                .find(|o| bool::from(o.token_digest.ct_eq(&tenant.token_digest)))
+                .find(|o| bool::from(o.token_digest.0.ct_eq(&tenant.token_digest.0)))
             {
                 return Err(invalid(
                     &tenant.id,
@@ -587,7 +598,7 @@ impl Tenants {
         let mut found = subtle::Choice::from(0);
         let mut index = 0u64;
         for (i, tenant) in self.list.iter().enumerate() {
-            let eq = tenant.token_digest.ct_eq(&digest);
+            let eq = tenant.token_digest.0.ct_eq(&digest);
             index = u64::conditional_select(&index, &(i as u64), eq);
             found |= eq;
         }
@@ -859,6 +870,23 @@ mod tests {
         .to_string();
         assert!(err.contains("line 5"), "{err}");
         assert_no_secret(&err);
+    }
+
+    #[test]
+    fn debug_never_shows_the_token_digest() {
+        let tenants = parse(FILE).unwrap();
+        let dbg = format!("{tenants:?}");
+        for token in ["tok-acme-0001", "tok-bravo-0002"] {
+            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            let bytes = format!("{digest:?}");
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            assert!(!dbg.contains(&bytes[1..bytes.len() - 1]), "{dbg}");
+            assert!(!dbg.contains(&hex), "{dbg}");
+        }
+        assert!(dbg.contains("TokenDigest(***)"), "{dbg}");
+        let one = format!("{:?}", tenants.get("acme").unwrap());
+        assert_no_secret(&one);
+        assert!(one.contains("TokenDigest(***)"), "{one}");
     }
 
     #[test]
