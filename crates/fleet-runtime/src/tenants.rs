@@ -437,7 +437,12 @@ fn build_replies(tenant: &str, raw: RawReplies) -> Result<Replies, TenantsError>
     })
 }
 
-fn build_tenant(index: usize, raw: RawTenant, env: &dyn Env) -> Result<Tenant, TenantsError> {
+/// One tenant validated, and whether any of its secrets was written inline in the file (rather than as `<name>_env`).
+fn build_tenant(
+    index: usize,
+    raw: RawTenant,
+    env: &dyn Env,
+) -> Result<(Tenant, bool), TenantsError> {
     if !is_valid_tenant_id(&raw.id) {
         return Err(invalid(
             &format!("#{}", index + 1),
@@ -450,6 +455,7 @@ fn build_tenant(index: usize, raw: RawTenant, env: &dyn Env) -> Result<Tenant, T
     }
     let id = raw.id;
     let t = id.as_str();
+    let inline = std::cell::Cell::new(raw.api_token.is_some());
     let api_token = secret(t, "api_token", raw.api_token, raw.api_token_env, env)?;
     let rate_limit_per_second = positive(
         t,
@@ -458,8 +464,11 @@ fn build_tenant(index: usize, raw: RawTenant, env: &dyn Env) -> Result<Tenant, T
         DEFAULT_RATE_LIMIT_PER_SECOND,
     )?;
 
-    let resolve = |field: &str, inline: Option<SecretString>, env_var: Option<String>| {
-        secret_field(field, inline, env_var, env)
+    let resolve = |field: &str, value: Option<SecretString>, env_var: Option<String>| {
+        if value.is_some() {
+            inline.set(true);
+        }
+        secret_field(field, value, env_var, env)
     };
     let provider_error = |e: InvalidField| invalid(t, e.field, e.reason);
     let meta = raw
@@ -482,7 +491,7 @@ fn build_tenant(index: usize, raw: RawTenant, env: &dyn Env) -> Result<Tenant, T
     }
     let replies = build_replies(t, raw.replies)?;
     let token_digest = TokenDigest(Sha256::digest(api_token.expose_secret().as_bytes()).into());
-    Ok(Tenant {
+    let tenant = Tenant {
         id,
         api_token,
         rate_limit_per_second,
@@ -491,7 +500,8 @@ fn build_tenant(index: usize, raw: RawTenant, env: &dyn Env) -> Result<Tenant, T
         priority: raw.priority,
         replies,
         token_digest,
-    })
+    };
+    Ok((tenant, inline.get()))
 }
 
 /// A validated set of tenants with its lookup indexes; immutable, shared behind an `Arc`.
@@ -500,6 +510,8 @@ pub struct Tenants {
     list: Vec<Arc<Tenant>>,
     by_id: HashMap<String, usize>,
     by_phone_number_id: HashMap<String, usize>,
+    /// Whether any secret was written inline in the file (see [`Tenants::has_inline_secrets`]).
+    inline_secrets: bool,
 }
 
 impl Tenants {
@@ -545,7 +557,8 @@ impl Tenants {
         }
         let mut tenants = Tenants::default();
         for (i, raw_tenant) in raw.tenant.into_iter().enumerate() {
-            let tenant = build_tenant(i, raw_tenant, env)?;
+            let (tenant, inline) = build_tenant(i, raw_tenant, env)?;
+            tenants.inline_secrets |= inline;
             if tenants.by_id.contains_key(&tenant.id) {
                 return Err(invalid(&tenant.id, "id", "appears twice"));
             }
@@ -616,6 +629,13 @@ impl Tenants {
             .map(|&i| &self.list[i])
     }
 
+    /// Whether any secret (`api_token`, `app_secret`, `verify_token`, `access_token`, `auth_token`) was written inline in the
+    /// file rather than named as `<name>_env`: then the file itself is a secret, and its permissions matter
+    /// ([`exposed_secrets_warning`]).
+    pub fn has_inline_secrets(&self) -> bool {
+        self.inline_secrets
+    }
+
     /// Every tenant, in file order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
         self.list.iter()
@@ -632,6 +652,49 @@ impl Tenants {
     }
 }
 
+/// The warning to give when a tenants file holding secrets inline (`has_inline_secrets`) may be read or written by its
+/// group or others (unix mode `& 0o077 != 0`); `None` when it may not, when it holds no inline secret (then every secret
+/// comes from the environment and the file is not one), and on systems without unix modes.
+///
+/// The warning names the file and its mode and says how to fix it; it never holds a secret.
+pub fn exposed_secrets_warning(
+    path: &Path,
+    metadata: &std::fs::Metadata,
+    has_inline_secrets: bool,
+) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode() & 0o7777;
+        (has_inline_secrets && mode & 0o077 != 0).then(|| {
+            format!(
+                "tenants file {} holds secrets inline and is open to its group or others (mode {mode:04o}); \
+                 run `chmod 600 {}`, or give the secrets as <name>_env",
+                path.display(),
+                path.display()
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, metadata, has_inline_secrets);
+        None
+    }
+}
+
+/// Logs [`exposed_secrets_warning`] for a file just loaded, if it applies.
+fn warn_if_secrets_exposed(path: &Path, tenants: &Tenants) {
+    if !tenants.has_inline_secrets() {
+        return;
+    }
+    // The file was just read; should it have vanished since, there is nothing left to warn about.
+    if let Ok(metadata) = std::fs::metadata(path)
+        && let Some(warning) = exposed_secrets_warning(path, &metadata, true)
+    {
+        tracing::warn!(path = %path.display(), "{warning}");
+    }
+}
+
 /// A shared, atomically reloadable view of the tenants; clones share the same current set.
 #[derive(Debug, Clone)]
 pub struct TenantsHandle {
@@ -641,8 +704,11 @@ pub struct TenantsHandle {
 
 impl TenantsHandle {
     /// Loads `path` and keeps it for [`TenantsHandle::reload`].
+    ///
+    /// Logs a warning when the file holds secrets inline and its group or others may read it ([`exposed_secrets_warning`]).
     pub fn load(path: &Path) -> Result<Self, TenantsError> {
         let tenants = Tenants::load(path)?;
+        warn_if_secrets_exposed(path, &tenants);
         Ok(Self {
             current: Arc::new(ArcSwap::from_pointee(tenants)),
             path: Some(path.to_path_buf()),
@@ -663,6 +729,8 @@ impl TenantsHandle {
     }
 
     /// Re-reads the file (process environment for `_env` secrets) and swaps it in; on error the current set stays.
+    ///
+    /// Like [`TenantsHandle::load`], warns when the file holds secrets inline and its group or others may read it.
     pub fn reload(&self) -> Result<Arc<Tenants>, TenantsError> {
         self.reload_with_env(&ProcessEnv)
     }
@@ -671,6 +739,7 @@ impl TenantsHandle {
     pub fn reload_with_env(&self, env: &dyn Env) -> Result<Arc<Tenants>, TenantsError> {
         let path = self.path.as_deref().ok_or(TenantsError::NoFile)?;
         let fresh = Arc::new(Tenants::load_with_env(path, env)?);
+        warn_if_secrets_exposed(path, &fresh);
         self.current.store(fresh.clone());
         tracing::info!(
             tenants = fresh.len(),
@@ -887,6 +956,116 @@ mod tests {
         let one = format!("{:?}", tenants.get("acme").unwrap());
         assert_no_secret(&one);
         assert!(one.contains("TokenDigest(***)"), "{one}");
+    }
+
+    #[test]
+    fn inline_secrets_are_told_from_env_secrets() {
+        assert!(parse(FILE).unwrap().has_inline_secrets());
+        let env_only = "[[tenant]]\nid = \"b\"\napi_token_env = \"BRAVO_TOKEN\"\n[tenant.twilio]\n\
+                        account_sid = \"AC1\"\nauth_token_env = \"BRAVO_TWILIO\"\nfrom = \"whatsapp:+1415\"\n";
+        assert!(!parse(env_only).unwrap().has_inline_secrets());
+        // One provider secret inline is enough.
+        let one_inline = env_only.replace(
+            "auth_token_env = \"BRAVO_TWILIO\"",
+            "auth_token = \"twilio-auth-777\"",
+        );
+        assert!(parse(&one_inline).unwrap().has_inline_secrets());
+        let token_inline = env_only.replace(
+            "api_token_env = \"BRAVO_TOKEN\"",
+            "api_token = \"tok-bravo-0002\"",
+        );
+        assert!(parse(&token_inline).unwrap().has_inline_secrets());
+        assert!(!parse("").unwrap().has_inline_secrets());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exposed_inline_secrets_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let with_mode = |mode: u32| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::fs::metadata(&path).unwrap()
+        };
+
+        let warning = exposed_secrets_warning(&path, &with_mode(0o644), true).unwrap();
+        assert!(warning.contains(&path.display().to_string()), "{warning}");
+        assert!(
+            warning.contains("mode 0644") && warning.contains("chmod 600"),
+            "{warning}"
+        );
+        assert_no_secret(&warning);
+        assert!(exposed_secrets_warning(&path, &with_mode(0o640), true).is_some());
+        assert!(exposed_secrets_warning(&path, &with_mode(0o602), true).is_some());
+        assert!(exposed_secrets_warning(&path, &with_mode(0o600), true).is_none());
+        assert!(exposed_secrets_warning(&path, &with_mode(0o400), true).is_none());
+        // Every secret from the environment: the file is not a secret.
+        assert!(exposed_secrets_warning(&path, &with_mode(0o644), false).is_none());
+    }
+
+    /// Captures what `f` logs, as text.
+    fn logs_of<T>(f: impl FnOnce() -> T) -> (T, String) {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        (out, text)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn load_and_reload_warn_once_when_inline_secrets_are_exposed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        let text = "[[tenant]]\nid = \"a\"\napi_token = \"tok-acme-0001\"\n";
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        let (handle, logs) = logs_of(|| TenantsHandle::load(&path).unwrap());
+        assert_eq!(logs.matches("WARN").count(), 1, "{logs}");
+        assert!(
+            logs.contains("mode 0644") && logs.contains("chmod 600"),
+            "{logs}"
+        );
+        assert_no_secret(&logs);
+
+        let (_, logs) = logs_of(|| handle.reload_with_env(&env()).unwrap());
+        assert_eq!(logs.matches("WARN").count(), 1, "{logs}");
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (_, logs) = logs_of(|| handle.reload_with_env(&env()).unwrap());
+        assert!(!logs.contains("WARN"), "{logs}");
+        let (_, logs) = logs_of(|| TenantsHandle::load(&path).unwrap());
+        assert!(!logs.contains("WARN"), "{logs}");
+
+        // Secrets from the environment only: an open file is no concern.
+        std::fs::write(
+            &path,
+            "[[tenant]]\nid = \"a\"\napi_token_env = \"BRAVO_TOKEN\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, logs) = logs_of(|| handle.reload_with_env(&env()).unwrap());
+        assert!(!logs.contains("WARN"), "{logs}");
     }
 
     #[test]
