@@ -17,4 +17,6 @@ pub use shutdown::{DrainTimeout, Shutdown, drain_with_timeout, shutdown_signal};
 pub use telemetry::{
     LogFormat, init_test_tracing, init_tracing, install_metrics, prometheus_builder,
 };
-pub use tenants::{Tenant, Tenants, TenantsError, TenantsHandle, exposed_secrets_warning};
+pub use tenants::{
+    SecretKind, SharedSecret, Tenant, Tenants, TenantsError, TenantsHandle, exposed_secrets_warning,
+};

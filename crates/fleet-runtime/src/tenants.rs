@@ -504,6 +504,61 @@ fn build_tenant(
     Ok((tenant, inline.get()))
 }
 
+/// Which secret of a tenant's provider sections; see [`Tenants::shared_secrets`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SecretKind {
+    /// `[tenant.meta] app_secret`.
+    MetaAppSecret,
+    /// `[tenant.meta] verify_token`.
+    MetaVerifyToken,
+    /// `[tenant.meta] access_token`.
+    MetaAccessToken,
+    /// `[tenant.twilio] auth_token`.
+    TwilioAuthToken,
+}
+
+impl SecretKind {
+    /// The field's name in the tenants file, as errors name it (`meta.app_secret`).
+    pub fn field(self) -> &'static str {
+        match self {
+            SecretKind::MetaAppSecret => "meta.app_secret",
+            SecretKind::MetaVerifyToken => "meta.verify_token",
+            SecretKind::MetaAccessToken => "meta.access_token",
+            SecretKind::TwilioAuthToken => "twilio.auth_token",
+        }
+    }
+
+    /// When two tenants may rightly share this secret; otherwise the sharing is most likely a copied section.
+    pub fn when_legitimate(self) -> &'static str {
+        match self {
+            SecretKind::MetaAppSecret => {
+                "expected when both numbers belong to one Meta app, which signs all its webhooks with its one app secret"
+            }
+            SecretKind::MetaVerifyToken => {
+                "expected when both numbers belong to one Meta app, whose webhook subscription has one verify token"
+            }
+            SecretKind::MetaAccessToken => {
+                "expected when one system user token sends for both numbers"
+            }
+            SecretKind::TwilioAuthToken => {
+                "expected when both senders belong to one Twilio account (the same account_sid)"
+            }
+        }
+    }
+}
+
+/// A secret two tenants hold in common: which one, and the two tenants, never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedSecret {
+    /// Which secret.
+    pub kind: SecretKind,
+    /// The tenant that has it first in the file.
+    pub first: String,
+    /// A later tenant with the same value.
+    pub second: String,
+}
+
 /// A validated set of tenants with its lookup indexes; immutable, shared behind an `Arc`.
 #[derive(Debug, Clone, Default)]
 pub struct Tenants {
@@ -570,7 +625,10 @@ impl Tenants {
                 return Err(invalid(
                     &tenant.id,
                     "api_token",
-                    format!("is the same as tenant `{}`'s", other.id),
+                    format!(
+                        "is the same as tenant `{}`'s; the send API tells tenants apart by their token, so each needs its own",
+                        other.id
+                    ),
                 ));
             }
             if let Some(meta) = &tenant.meta
@@ -634,6 +692,45 @@ impl Tenants {
     /// ([`exposed_secrets_warning`]).
     pub fn has_inline_secrets(&self) -> bool {
         self.inline_secrets
+    }
+
+    /// Every secret that two tenants hold in common, in file order: for each tenant, each of its provider secrets that an
+    /// earlier tenant already has, naming that earlier tenant (three tenants with one secret give two pairs).
+    ///
+    /// Sharing a provider secret can be legitimate (two numbers of one Meta app share its app secret), so this only
+    /// reports; an API token is never shared, because loading refuses a file where two tenants have the same one (the send
+    /// API tells tenants apart by it).
+    /// Secrets are compared by their SHA-256 digests; the answer holds no secret.
+    pub fn shared_secrets(&self) -> Vec<SharedSecret> {
+        let mut seen: HashMap<(SecretKind, [u8; 32]), &str> = HashMap::new();
+        let mut shared = Vec::new();
+        for tenant in &self.list {
+            let meta = tenant.meta.as_ref();
+            let secrets = [
+                (SecretKind::MetaAppSecret, meta.map(|m| &m.app_secret)),
+                (SecretKind::MetaVerifyToken, meta.map(|m| &m.verify_token)),
+                (SecretKind::MetaAccessToken, meta.map(|m| &m.access_token)),
+                (
+                    SecretKind::TwilioAuthToken,
+                    tenant.twilio.as_ref().map(|t| &t.auth_token),
+                ),
+            ];
+            for (kind, secret) in secrets {
+                let Some(secret) = secret else { continue };
+                let digest: [u8; 32] = Sha256::digest(secret.expose_secret().as_bytes()).into();
+                match seen.get(&(kind, digest)) {
+                    Some(first) => shared.push(SharedSecret {
+                        kind,
+                        first: (*first).to_owned(),
+                        second: tenant.id.clone(),
+                    }),
+                    None => {
+                        seen.insert((kind, digest), &tenant.id);
+                    }
+                }
+            }
+        }
+        shared
     }
 
     /// Every tenant, in file order.
@@ -922,7 +1019,8 @@ mod tests {
         let err = Tenants::parse_with_env(&dup, &env).unwrap_err().to_string();
         assert_eq!(
             err,
-            "tenant `bravo_2`: api_token: is the same as tenant `acme`'s"
+            "tenant `bravo_2`: api_token: is the same as tenant `acme`'s; the send API tells tenants apart by their token, \
+             so each needs its own"
         );
         assert_no_secret(&err);
         // A secret written with the wrong type (an unquoted numeric token) must not be quoted back.
@@ -1066,6 +1164,51 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let (_, logs) = logs_of(|| handle.reload_with_env(&env()).unwrap());
         assert!(!logs.contains("WARN"), "{logs}");
+    }
+
+    #[test]
+    fn shared_provider_secrets_are_reported_by_kind_and_tenants() {
+        assert!(parse(FILE).unwrap().shared_secrets().is_empty());
+        let meta = |id: &str, app_secret: &str, verify: &str, phone: &str, access: &str| {
+            format!(
+                "[[tenant]]\nid = \"{id}\"\napi_token = \"tok-{id}\"\n[tenant.meta]\napp_secret = \"{app_secret}\"\n\
+                 verify_token = \"{verify}\"\nphone_number_id = \"{phone}\"\naccess_token = \"{access}\"\n"
+            )
+        };
+        let twilio = |id: &str, auth: &str| {
+            format!(
+                "[[tenant]]\nid = \"{id}\"\napi_token = \"tok-{id}\"\n[tenant.twilio]\naccount_sid = \"AC1\"\n\
+                 auth_token = \"{auth}\"\nfrom = \"whatsapp:+1415\"\n"
+            )
+        };
+        let text = [
+            meta("a", "app-1", "ver-1", "1", "acc-1"),
+            meta("b", "app-1", "ver-2", "2", "acc-2"),
+            meta("c", "app-1", "ver-2", "3", "acc-3"),
+            twilio("d", "auth-1"),
+            twilio("e", "auth-1"),
+            // The same value under another kind is no sharing.
+            twilio("f", "acc-1"),
+        ]
+        .concat();
+        let shared = parse(&text).unwrap().shared_secrets();
+        let pairs: Vec<(&str, &str, &str)> = shared
+            .iter()
+            .map(|s| (s.kind.field(), s.first.as_str(), s.second.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("meta.app_secret", "a", "b"),
+                ("meta.app_secret", "a", "c"),
+                ("meta.verify_token", "b", "c"),
+                ("twilio.auth_token", "d", "e"),
+            ]
+        );
+        let dbg = format!("{shared:?}");
+        for secret in ["app-1", "ver-2", "auth-1"] {
+            assert!(!dbg.contains(secret), "{dbg}");
+        }
     }
 
     #[test]
