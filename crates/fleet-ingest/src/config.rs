@@ -3,12 +3,13 @@
 //! [`IngestConfig`].
 
 use std::{
+    fmt,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
 use fleet_runtime::{
-    CommonConfig, ConfigError, Env, ProcessEnv,
+    CommonConfig, ConfigError, Env, ProcessEnv, RedactedUrl,
     config::{Setting, parse_addr, parse_http_base},
 };
 use serde::Deserialize;
@@ -42,7 +43,8 @@ pub const WAIT_TIMEOUT_DEFAULT: Duration = Duration::from_millis(100);
 /// the same layers (flag, environment, the config file's top-level key of the same name, default)
 /// and validates with the same one-line errors; clap also copies the environment variable in, so
 /// `--help` lists it.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// `Debug` redacts a password in the public URL.
+#[derive(Clone, Default, clap::Args)]
 pub struct IngestArgs {
     /// Waiting entries of one queue above which ingest answers 503 [default: 1000000].
     #[arg(long, env = "FLEET_QUEUE_HIGH_WATER", value_name = "N")]
@@ -55,6 +57,16 @@ pub struct IngestArgs {
     /// Ingest listen address [default: 0.0.0.0:8080].
     #[arg(long, env = "FLEET_INGEST_ADDR", value_name = "ADDR")]
     pub ingest_addr: Option<String>,
+}
+
+impl fmt::Debug for IngestArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IngestArgs")
+            .field("queue_high_water", &self.queue_high_water)
+            .field("public_url", &self.public_url.as_deref().map(RedactedUrl))
+            .field("ingest_addr", &self.ingest_addr)
+            .finish()
+    }
 }
 
 const QUEUE_HIGH_WATER: Setting = Setting {
@@ -122,7 +134,9 @@ pub struct IngestSection {
 }
 
 /// Everything the ingest service needs to know besides its tenants, broker and listener.
-#[derive(Debug, Clone)]
+///
+/// `Debug` redacts passwords in the URLs.
+#[derive(Clone)]
 pub struct IngestConfig {
     /// Where `main` binds the listener of webhooks and the send API (the library serves the
     /// listener it is given, so tests can bind port 0).
@@ -149,6 +163,24 @@ pub struct IngestConfig {
     pub redis_url: String,
     /// Key prefix of every Redis key.
     pub key_prefix: String,
+}
+
+impl fmt::Debug for IngestConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IngestConfig")
+            .field("ingest_addr", &self.ingest_addr)
+            .field("body_limit", &self.body_limit)
+            .field("body_bytes_in_flight", &self.body_bytes_in_flight)
+            .field("queue_high_water", &self.queue_high_water)
+            .field("backlog_interval", &self.backlog_interval)
+            .field("retry_after_unavailable", &self.retry_after_unavailable)
+            .field("max_connections", &self.max_connections)
+            .field("durability", &self.durability)
+            .field("public_url", &self.public_url.as_deref().map(RedactedUrl))
+            .field("redis_url", &RedactedUrl(&self.redis_url))
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
 }
 
 impl Default for IngestConfig {
@@ -321,6 +353,22 @@ mod tests {
 
     fn load(text: &str) -> Result<IngestConfig, ConfigError> {
         resolve(&IngestArgs::default(), &[], text)
+    }
+
+    #[test]
+    fn debug_redacts_url_passwords() {
+        let args = IngestArgs {
+            public_url: Some("https://u:urlpw@ingest.example.com".into()),
+            ..IngestArgs::default()
+        };
+        let dbg = format!("{args:?}");
+        assert!(!dbg.contains("urlpw") && dbg.contains("u:***@"), "{dbg}");
+
+        let config = resolve(&args, &[("REDIS_URL", "redis://:r3dispw@h:6379")], "").unwrap();
+        assert_eq!(config.redis_url, "redis://:r3dispw@h:6379");
+        let dbg = format!("{config:?}");
+        assert!(!dbg.contains("r3dispw") && !dbg.contains("urlpw"), "{dbg}");
+        assert!(dbg.contains("redis://:***@h:6379"), "{dbg}");
     }
 
     #[test]

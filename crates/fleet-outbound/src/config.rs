@@ -1,12 +1,12 @@
 //! The outbound worker's settings: the `[outbound]` section of the config file, plus the provider
 //! base URLs, outbound's own flags ([`OutboundArgs`]).
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 use fleet_core::RetryPolicy;
 use fleet_providers::HttpConfig;
 use fleet_runtime::{
-    CommonConfig, ConfigError, Env, ProcessEnv,
+    CommonConfig, ConfigError, Env, ProcessEnv, RedactedUrl,
     config::{Setting, parse_http_base},
 };
 use serde::Deserialize;
@@ -39,7 +39,8 @@ pub const IN_DOUBT_WAIT_DEFAULT: Duration = Duration::from_secs(300);
 /// through the same layers (flag, environment, the config file's top-level key of the same name,
 /// default) and validates with the same one-line errors; clap also copies the environment
 /// variable in, so `--help` lists it.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// `Debug` redacts passwords in the URLs.
+#[derive(Clone, Default, clap::Args)]
 pub struct OutboundArgs {
     /// Meta Graph API base URL (default `https://graph.facebook.com/v23.0`).
     #[arg(
@@ -60,6 +61,21 @@ pub struct OutboundArgs {
     pub twilio_api_base: Option<String>,
 }
 
+impl fmt::Debug for OutboundArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboundArgs")
+            .field(
+                "meta_api_base",
+                &self.meta_api_base.as_deref().map(RedactedUrl),
+            )
+            .field(
+                "twilio_api_base",
+                &self.twilio_api_base.as_deref().map(RedactedUrl),
+            )
+            .finish()
+    }
+}
+
 const META_API_BASE: Setting = Setting {
     key: "meta_api_base",
     flag: "--meta-api-base",
@@ -72,7 +88,9 @@ const TWILIO_API_BASE: Setting = Setting {
 };
 
 /// Settings of `fleet-outbound` (file section `[outbound]`; every field has a default).
-#[derive(Debug, Clone, Deserialize)]
+///
+/// `Debug` redacts passwords in the base URLs (a simulator or proxy may take them there).
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutboundConfig {
     /// Sends in flight at once per process (apalis runs up to `concurrency + 2 * record_batch`
@@ -117,6 +135,48 @@ pub struct OutboundConfig {
     /// section).
     #[serde(skip)]
     pub twilio_api_base: String,
+}
+
+impl fmt::Debug for OutboundConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so a new field cannot be forgotten here.
+        let OutboundConfig {
+            concurrency,
+            batch_size,
+            recipient_interval_ms,
+            recipient_burst,
+            sender_burst,
+            reservation_horizon_ms,
+            reservation_grace_ms,
+            local_wait_max_ms,
+            in_doubt_wait_ms,
+            retry,
+            record_batch,
+            record_linger_ms,
+            drain_timeout_ms,
+            http,
+            meta_api_base,
+            twilio_api_base,
+        } = self;
+        f.debug_struct("OutboundConfig")
+            .field("concurrency", concurrency)
+            .field("batch_size", batch_size)
+            .field("recipient_interval_ms", recipient_interval_ms)
+            .field("recipient_burst", recipient_burst)
+            .field("sender_burst", sender_burst)
+            .field("reservation_horizon_ms", reservation_horizon_ms)
+            .field("reservation_grace_ms", reservation_grace_ms)
+            .field("local_wait_max_ms", local_wait_max_ms)
+            .field("in_doubt_wait_ms", in_doubt_wait_ms)
+            .field("retry", retry)
+            .field("record_batch", record_batch)
+            .field("record_linger_ms", record_linger_ms)
+            .field("drain_timeout_ms", drain_timeout_ms)
+            .field("http", http)
+            .field("meta_api_base", &RedactedUrl(meta_api_base))
+            .field("twilio_api_base", &RedactedUrl(twilio_api_base))
+            .finish()
+    }
 }
 
 impl Default for OutboundConfig {
@@ -247,6 +307,27 @@ mod tests {
             text,
         )?;
         OutboundConfig::load_from(&common, args, &env)
+    }
+
+    #[test]
+    fn debug_redacts_url_passwords() {
+        let args = OutboundArgs {
+            meta_api_base: Some("https://u:metapw@graph.example.com".into()),
+            twilio_api_base: Some("https://u:twiliopw@api.example.com".into()),
+        };
+        let dbg = format!("{args:?}");
+        assert!(
+            !dbg.contains("metapw") && !dbg.contains("twiliopw"),
+            "{dbg}"
+        );
+        let config = resolve(&args, &[], "").unwrap();
+        assert_eq!(config.meta_api_base, "https://u:metapw@graph.example.com");
+        let dbg = format!("{config:?}");
+        assert!(
+            !dbg.contains("metapw") && !dbg.contains("twiliopw"),
+            "{dbg}"
+        );
+        assert!(dbg.contains("https://u:***@graph.example.com"), "{dbg}");
     }
 
     #[test]

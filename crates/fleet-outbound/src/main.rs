@@ -52,7 +52,6 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         config.recipient_interval_ms = ms;
     }
     config.validate().map_err(anyhow::Error::msg)?;
-    let tenants = TenantsHandle::load(&common.tenants_path)?;
     let pool = fleet_store::PoolOptions {
         application_name: "fleet-outbound".into(),
         ..Default::default()
@@ -61,6 +60,8 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
     let http = fleet_providers::build_client(&config.http)?;
 
     let mut service = Service::start("fleet-outbound", &common, "outbound", admin_ports::OUTBOUND);
+    // Loaded once tracing is up, so a warning about the file (its permissions) is logged.
+    let tenants = TenantsHandle::load(&common.tenants_path)?;
     fleet_queue::describe_metrics();
     fleet_outbound::describe_metrics();
     let connected: Connected<Broker> = Connected::new();

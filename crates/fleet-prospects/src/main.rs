@@ -53,7 +53,6 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
     section.db_max_connections = cli.db_max_connections.or(section.db_max_connections);
     let config = section.config();
     config.validate().map_err(anyhow::Error::msg)?;
-    let tenants = TenantsHandle::load(&common.tenants_path)?;
     let store = Store::connect(&common.database_url, &section.pool())?;
 
     let mut service = Service::start(
@@ -62,6 +61,8 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         "prospects",
         admin_ports::PROSPECTS,
     );
+    // Loaded once tracing is up, so a warning about the file (its permissions) is logged.
+    let tenants = TenantsHandle::load(&common.tenants_path)?;
     fleet_queue::describe_metrics();
     fleet_prospects::metrics::describe();
     let connected: Connected<Broker> = Connected::new();

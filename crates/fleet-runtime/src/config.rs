@@ -47,7 +47,8 @@ fn env_nonempty(env: &dyn Env, name: &str) -> Option<String> {
 /// clap also copies the named environment variable into the field (so `--help` lists each variable);
 /// [`CommonConfig::load_from`] reads the same variables again from its [`Env`], so both paths give the same answer.
 /// Use [`CommonConfig`], not these raw fields.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// `Debug` redacts passwords in the URLs.
+#[derive(Clone, Default, clap::Args)]
 pub struct CommonArgs {
     /// Redis URL, single node or cluster (default `redis://127.0.0.1:6379`).
     #[arg(
@@ -95,6 +96,23 @@ pub struct CommonArgs {
     pub log_format: Option<String>,
 }
 
+impl fmt::Debug for CommonArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommonArgs")
+            .field("redis_url", &self.redis_url.as_deref().map(RedactedUrl))
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(RedactedUrl),
+            )
+            .field("key_prefix", &self.key_prefix)
+            .field("tenants", &self.tenants)
+            .field("config", &self.config)
+            .field("admin_addr", &self.admin_addr)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
 /// The TOML file named by `FLEET_CONFIG`: every key optional, unknown keys rejected so typos are caught.
 ///
 /// Top-level keys have the same names as the settings of [`CommonConfig`], and as the settings one binary owns and resolves
@@ -105,7 +123,9 @@ pub struct CommonArgs {
 /// a file shared by all the binaries is accepted by each.
 /// Per-binary tables (`[ingest]`, `[prospects]`, `[outbound]`, `[scheduler]`, `[fleetctl]`) are kept as raw TOML for each binary
 /// to deserialize with [`CommonConfig::section`].
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `Debug` redacts passwords in the URLs and shows only the keys of the per-binary tables, whose values are each binary's
+/// to judge.
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Redis URL.
@@ -140,6 +160,40 @@ pub struct FileConfig {
     pub scheduler: Option<toml::Table>,
     /// `[fleetctl]` section.
     pub fleetctl: Option<toml::Table>,
+}
+
+impl fmt::Debug for FileConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys =
+            |t: &Option<toml::Table>| t.as_ref().map(|t| t.keys().cloned().collect::<Vec<_>>());
+        f.debug_struct("FileConfig")
+            .field("redis_url", &self.redis_url.as_deref().map(RedactedUrl))
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(RedactedUrl),
+            )
+            .field("key_prefix", &self.key_prefix)
+            .field("tenants", &self.tenants)
+            .field("admin_addr", &self.admin_addr)
+            .field("log_format", &self.log_format)
+            .field("queue_high_water", &self.queue_high_water)
+            .field("public_url", &self.public_url.as_deref().map(RedactedUrl))
+            .field(
+                "meta_api_base",
+                &self.meta_api_base.as_deref().map(RedactedUrl),
+            )
+            .field(
+                "twilio_api_base",
+                &self.twilio_api_base.as_deref().map(RedactedUrl),
+            )
+            .field("ingest_addr", &self.ingest_addr)
+            .field("ingest", &keys(&self.ingest))
+            .field("prospects", &keys(&self.prospects))
+            .field("outbound", &keys(&self.outbound))
+            .field("scheduler", &keys(&self.scheduler))
+            .field("fleetctl", &keys(&self.fleetctl))
+            .finish()
+    }
 }
 
 impl FileConfig {
@@ -266,8 +320,8 @@ pub struct CommonConfig {
 impl fmt::Debug for CommonConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CommonConfig")
-            .field("redis_url", &redacted_url(&self.redis_url))
-            .field("database_url", &redacted_url(&self.database_url))
+            .field("redis_url", &RedactedUrl(&self.redis_url))
+            .field("database_url", &RedactedUrl(&self.database_url))
             .field("key_prefix", &self.key_prefix)
             .field("tenants_path", &self.tenants_path)
             .field("config_path", &self.config_path)
@@ -277,18 +331,54 @@ impl fmt::Debug for CommonConfig {
     }
 }
 
-/// `url` with any password (and a username that looks like a token) replaced by `***`; `<invalid url>` when it does not parse.
+/// `url` with its password replaced by `***`, wherever a client would read one: the userinfo (`redis://:pw@host`,
+/// `postgres://user:pw@host/db`) and a `password` query parameter (`postgres://host/db?password=pw`, which sqlx and libpq
+/// accept); `<invalid url>` when it does not parse, since an unparsable string could be anything.
 ///
-/// Safe to log.
+/// Safe to log. The username stays: it names an account, and no Fleet client takes a username alone as a credential.
 pub fn redacted_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("***"));
             }
+            let has_password_param = parsed
+                .query_pairs()
+                .any(|(k, _)| k.eq_ignore_ascii_case("password"));
+            if has_password_param {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k.eq_ignore_ascii_case("password") {
+                            "***".to_owned()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             parsed.to_string()
         }
         Err(_) => "<invalid url>".to_owned(),
+    }
+}
+
+/// Formats a URL through [`redacted_url`] in `Debug` (and `Display`) output: the helper every configuration type's `Debug`
+/// uses for a field holding a URL.
+#[derive(Clone, Copy)]
+pub struct RedactedUrl<'a>(pub &'a str);
+
+impl fmt::Debug for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redacted_url(self.0), f)
+    }
+}
+
+impl fmt::Display for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redacted_url(self.0))
     }
 }
 
@@ -973,6 +1063,93 @@ mod tests {
         );
         assert_eq!(redacted_url("redis://h:6379"), "redis://h:6379");
         assert_eq!(redacted_url("::nope"), "<invalid url>");
+    }
+
+    #[test]
+    fn redacted_url_hides_every_password_form() {
+        let cases = [
+            ("redis://:r3dispw@h:6379", "redis://:***@h:6379"),
+            ("redis://user:r3dispw@h:6379/0", "redis://user:***@h:6379/0"),
+            (
+                "rediss://default:r3dispw@h:6380",
+                "rediss://default:***@h:6380",
+            ),
+            (
+                "redis-cluster://u:r3dispw@h1:7000?node=h2:7001",
+                "redis-cluster://u:***@h1:7000?node=h2:7001",
+            ),
+            (
+                "postgres://u:pgs3cret@h:5432/db",
+                "postgres://u:***@h:5432/db",
+            ),
+            (
+                "postgres://u@h/db?sslmode=require&password=pgs3cret",
+                "postgres://u@h/db?sslmode=require&password=***",
+            ),
+            (
+                "postgresql://u@h/db?PASSWORD=pgs3cret",
+                "postgresql://u@h/db?PASSWORD=***",
+            ),
+            (
+                "postgres://postgres@127.0.0.1:5432/fleet",
+                "postgres://postgres@127.0.0.1:5432/fleet",
+            ),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("host=h password=pgs3cret", "<invalid url>"),
+        ];
+        for (url, expected) in cases {
+            let redacted = redacted_url(url);
+            assert_eq!(redacted, expected, "{url}");
+            assert!(!redacted.contains("r3dispw") && !redacted.contains("pgs3cret"));
+            assert_eq!(format!("{:?}", RedactedUrl(url)), format!("{expected:?}"));
+            assert_eq!(RedactedUrl(url).to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn debug_of_args_and_file_redacts_url_passwords() {
+        let args = CommonArgs {
+            redis_url: Some("redis://:r3dispw@h:6379".into()),
+            database_url: Some("postgres://u:pgs3cret@h/db".into()),
+            key_prefix: Some("p".into()),
+            ..CommonArgs::default()
+        };
+        let dbg = format!("{args:?}");
+        assert!(
+            !dbg.contains("r3dispw") && !dbg.contains("pgs3cret"),
+            "{dbg}"
+        );
+        assert!(
+            dbg.contains("redis://:***@h:6379") && dbg.contains("\"p\""),
+            "{dbg}"
+        );
+
+        let file = FileConfig::parse(
+            "redis_url = \"redis://user:r3dispw@h:6379\"\n\
+             database_url = \"postgres://u@h/db?password=pgs3cret\"\n\
+             public_url = \"https://u:urlpw@ingest.example.com\"\n\
+             meta_api_base = \"https://u:urlpw@graph.example.com\"\n\
+             twilio_api_base = \"https://u:urlpw@api.example.com\"\n\
+             [fleetctl]\n\
+             some_key = \"tablevalue\"\n",
+            Path::new("fleet.toml"),
+        )
+        .unwrap();
+        let dbg = format!("{file:?}");
+        for secret in ["r3dispw", "pgs3cret", "urlpw", "tablevalue"] {
+            assert!(!dbg.contains(secret), "{secret} in {dbg}");
+        }
+        assert!(
+            dbg.contains("some_key") && dbg.contains("redis://user:***@h:6379"),
+            "{dbg}"
+        );
+
+        let cfg = load(&args, &[], None).unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(
+            !dbg.contains("r3dispw") && !dbg.contains("pgs3cret"),
+            "{dbg}"
+        );
     }
 
     #[test]

@@ -11,10 +11,12 @@ pub mod tenants;
 mod toml_error;
 
 pub use admin::{AdminState, ReadinessCheck, admin_router, serve_admin};
-pub use config::{CommonArgs, CommonConfig, ConfigError, FileConfig, redacted_url};
+pub use config::{CommonArgs, CommonConfig, ConfigError, FileConfig, RedactedUrl, redacted_url};
 pub use env::{Env, ProcessEnv};
 pub use shutdown::{DrainTimeout, Shutdown, drain_with_timeout, shutdown_signal};
 pub use telemetry::{
     LogFormat, init_test_tracing, init_tracing, install_metrics, prometheus_builder,
 };
-pub use tenants::{Tenant, Tenants, TenantsError, TenantsHandle};
+pub use tenants::{
+    SecretKind, SharedSecret, Tenant, Tenants, TenantsError, TenantsHandle, exposed_secrets_warning,
+};

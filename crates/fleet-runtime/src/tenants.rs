@@ -175,7 +175,18 @@ pub struct Tenant {
     /// Automatic replies.
     pub replies: Replies,
     /// SHA-256 of the API token, compared in constant time by [`Tenants::by_api_token`].
-    token_digest: [u8; 32],
+    token_digest: TokenDigest,
+}
+
+/// The SHA-256 of an API token. Its `Debug` shows nothing of it: a digest of a short or guessable token is as good as the
+/// token to whoever reads a log.
+#[derive(Clone)]
+struct TokenDigest([u8; 32]);
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest(***)")
+    }
 }
 
 impl Tenant {
@@ -426,7 +437,12 @@ fn build_replies(tenant: &str, raw: RawReplies) -> Result<Replies, TenantsError>
     })
 }
 
-fn build_tenant(index: usize, raw: RawTenant, env: &dyn Env) -> Result<Tenant, TenantsError> {
+/// One tenant validated, and whether any of its secrets was written inline in the file (rather than as `<name>_env`).
+fn build_tenant(
+    index: usize,
+    raw: RawTenant,
+    env: &dyn Env,
+) -> Result<(Tenant, bool), TenantsError> {
     if !is_valid_tenant_id(&raw.id) {
         return Err(invalid(
             &format!("#{}", index + 1),
@@ -439,6 +455,7 @@ fn build_tenant(index: usize, raw: RawTenant, env: &dyn Env) -> Result<Tenant, T
     }
     let id = raw.id;
     let t = id.as_str();
+    let inline = std::cell::Cell::new(raw.api_token.is_some());
     let api_token = secret(t, "api_token", raw.api_token, raw.api_token_env, env)?;
     let rate_limit_per_second = positive(
         t,
@@ -447,8 +464,11 @@ fn build_tenant(index: usize, raw: RawTenant, env: &dyn Env) -> Result<Tenant, T
         DEFAULT_RATE_LIMIT_PER_SECOND,
     )?;
 
-    let resolve = |field: &str, inline: Option<SecretString>, env_var: Option<String>| {
-        secret_field(field, inline, env_var, env)
+    let resolve = |field: &str, value: Option<SecretString>, env_var: Option<String>| {
+        if value.is_some() {
+            inline.set(true);
+        }
+        secret_field(field, value, env_var, env)
     };
     let provider_error = |e: InvalidField| invalid(t, e.field, e.reason);
     let meta = raw
@@ -470,8 +490,8 @@ fn build_tenant(index: usize, raw: RawTenant, env: &dyn Env) -> Result<Tenant, T
         ));
     }
     let replies = build_replies(t, raw.replies)?;
-    let token_digest = Sha256::digest(api_token.expose_secret().as_bytes()).into();
-    Ok(Tenant {
+    let token_digest = TokenDigest(Sha256::digest(api_token.expose_secret().as_bytes()).into());
+    let tenant = Tenant {
         id,
         api_token,
         rate_limit_per_second,
@@ -480,7 +500,63 @@ fn build_tenant(index: usize, raw: RawTenant, env: &dyn Env) -> Result<Tenant, T
         priority: raw.priority,
         replies,
         token_digest,
-    })
+    };
+    Ok((tenant, inline.get()))
+}
+
+/// Which secret of a tenant's provider sections; see [`Tenants::shared_secrets`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SecretKind {
+    /// `[tenant.meta] app_secret`.
+    MetaAppSecret,
+    /// `[tenant.meta] verify_token`.
+    MetaVerifyToken,
+    /// `[tenant.meta] access_token`.
+    MetaAccessToken,
+    /// `[tenant.twilio] auth_token`.
+    TwilioAuthToken,
+}
+
+impl SecretKind {
+    /// The field's name in the tenants file, as errors name it (`meta.app_secret`).
+    pub fn field(self) -> &'static str {
+        match self {
+            SecretKind::MetaAppSecret => "meta.app_secret",
+            SecretKind::MetaVerifyToken => "meta.verify_token",
+            SecretKind::MetaAccessToken => "meta.access_token",
+            SecretKind::TwilioAuthToken => "twilio.auth_token",
+        }
+    }
+
+    /// When two tenants may rightly share this secret; otherwise the sharing is most likely a copied section.
+    pub fn when_legitimate(self) -> &'static str {
+        match self {
+            SecretKind::MetaAppSecret => {
+                "expected when both numbers belong to one Meta app, which signs all its webhooks with its one app secret"
+            }
+            SecretKind::MetaVerifyToken => {
+                "expected when both numbers belong to one Meta app, whose webhook subscription has one verify token"
+            }
+            SecretKind::MetaAccessToken => {
+                "expected when one system user token sends for both numbers"
+            }
+            SecretKind::TwilioAuthToken => {
+                "expected when both senders belong to one Twilio account (the same account_sid)"
+            }
+        }
+    }
+}
+
+/// A secret two tenants hold in common: which one, and the two tenants, never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedSecret {
+    /// Which secret.
+    pub kind: SecretKind,
+    /// The tenant that has it first in the file.
+    pub first: String,
+    /// A later tenant with the same value.
+    pub second: String,
 }
 
 /// A validated set of tenants with its lookup indexes; immutable, shared behind an `Arc`.
@@ -489,6 +565,8 @@ pub struct Tenants {
     list: Vec<Arc<Tenant>>,
     by_id: HashMap<String, usize>,
     by_phone_number_id: HashMap<String, usize>,
+    /// Whether any secret was written inline in the file (see [`Tenants::has_inline_secrets`]).
+    inline_secrets: bool,
 }
 
 impl Tenants {
@@ -534,19 +612,23 @@ impl Tenants {
         }
         let mut tenants = Tenants::default();
         for (i, raw_tenant) in raw.tenant.into_iter().enumerate() {
-            let tenant = build_tenant(i, raw_tenant, env)?;
+            let (tenant, inline) = build_tenant(i, raw_tenant, env)?;
+            tenants.inline_secrets |= inline;
             if tenants.by_id.contains_key(&tenant.id) {
                 return Err(invalid(&tenant.id, "id", "appears twice"));
             }
             if let Some(other) = tenants
                 .list
                 .iter()
-                .find(|o| bool::from(o.token_digest.ct_eq(&tenant.token_digest)))
+                .find(|o| bool::from(o.token_digest.0.ct_eq(&tenant.token_digest.0)))
             {
                 return Err(invalid(
                     &tenant.id,
                     "api_token",
-                    format!("is the same as tenant `{}`'s", other.id),
+                    format!(
+                        "is the same as tenant `{}`'s; the send API tells tenants apart by their token, so each needs its own",
+                        other.id
+                    ),
                 ));
             }
             if let Some(meta) = &tenant.meta
@@ -587,7 +669,7 @@ impl Tenants {
         let mut found = subtle::Choice::from(0);
         let mut index = 0u64;
         for (i, tenant) in self.list.iter().enumerate() {
-            let eq = tenant.token_digest.ct_eq(&digest);
+            let eq = tenant.token_digest.0.ct_eq(&digest);
             index = u64::conditional_select(&index, &(i as u64), eq);
             found |= eq;
         }
@@ -603,6 +685,52 @@ impl Tenants {
         self.by_phone_number_id
             .get(phone_number_id)
             .map(|&i| &self.list[i])
+    }
+
+    /// Whether any secret (`api_token`, `app_secret`, `verify_token`, `access_token`, `auth_token`) was written inline in the
+    /// file rather than named as `<name>_env`: then the file itself is a secret, and its permissions matter
+    /// ([`exposed_secrets_warning`]).
+    pub fn has_inline_secrets(&self) -> bool {
+        self.inline_secrets
+    }
+
+    /// Every secret that two tenants hold in common, in file order: for each tenant, each of its provider secrets that an
+    /// earlier tenant already has, naming that earlier tenant (three tenants with one secret give two pairs).
+    ///
+    /// Sharing a provider secret can be legitimate (two numbers of one Meta app share its app secret), so this only
+    /// reports; an API token is never shared, because loading refuses a file where two tenants have the same one (the send
+    /// API tells tenants apart by it).
+    /// Secrets are compared by their SHA-256 digests; the answer holds no secret.
+    pub fn shared_secrets(&self) -> Vec<SharedSecret> {
+        let mut seen: HashMap<(SecretKind, [u8; 32]), &str> = HashMap::new();
+        let mut shared = Vec::new();
+        for tenant in &self.list {
+            let meta = tenant.meta.as_ref();
+            let secrets = [
+                (SecretKind::MetaAppSecret, meta.map(|m| &m.app_secret)),
+                (SecretKind::MetaVerifyToken, meta.map(|m| &m.verify_token)),
+                (SecretKind::MetaAccessToken, meta.map(|m| &m.access_token)),
+                (
+                    SecretKind::TwilioAuthToken,
+                    tenant.twilio.as_ref().map(|t| &t.auth_token),
+                ),
+            ];
+            for (kind, secret) in secrets {
+                let Some(secret) = secret else { continue };
+                let digest: [u8; 32] = Sha256::digest(secret.expose_secret().as_bytes()).into();
+                match seen.get(&(kind, digest)) {
+                    Some(first) => shared.push(SharedSecret {
+                        kind,
+                        first: (*first).to_owned(),
+                        second: tenant.id.clone(),
+                    }),
+                    None => {
+                        seen.insert((kind, digest), &tenant.id);
+                    }
+                }
+            }
+        }
+        shared
     }
 
     /// Every tenant, in file order.
@@ -621,6 +749,49 @@ impl Tenants {
     }
 }
 
+/// The warning to give when a tenants file holding secrets inline (`has_inline_secrets`) may be read or written by its
+/// group or others (unix mode `& 0o077 != 0`); `None` when it may not, when it holds no inline secret (then every secret
+/// comes from the environment and the file is not one), and on systems without unix modes.
+///
+/// The warning names the file and its mode and says how to fix it; it never holds a secret.
+pub fn exposed_secrets_warning(
+    path: &Path,
+    metadata: &std::fs::Metadata,
+    has_inline_secrets: bool,
+) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode() & 0o7777;
+        (has_inline_secrets && mode & 0o077 != 0).then(|| {
+            format!(
+                "tenants file {} holds secrets inline and is open to its group or others (mode {mode:04o}); \
+                 run `chmod 600 {}`, or give the secrets as <name>_env",
+                path.display(),
+                path.display()
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, metadata, has_inline_secrets);
+        None
+    }
+}
+
+/// Logs [`exposed_secrets_warning`] for a file just loaded, if it applies.
+fn warn_if_secrets_exposed(path: &Path, tenants: &Tenants) {
+    if !tenants.has_inline_secrets() {
+        return;
+    }
+    // The file was just read; should it have vanished since, there is nothing left to warn about.
+    if let Ok(metadata) = std::fs::metadata(path)
+        && let Some(warning) = exposed_secrets_warning(path, &metadata, true)
+    {
+        tracing::warn!(path = %path.display(), "{warning}");
+    }
+}
+
 /// A shared, atomically reloadable view of the tenants; clones share the same current set.
 #[derive(Debug, Clone)]
 pub struct TenantsHandle {
@@ -630,8 +801,11 @@ pub struct TenantsHandle {
 
 impl TenantsHandle {
     /// Loads `path` and keeps it for [`TenantsHandle::reload`].
+    ///
+    /// Logs a warning when the file holds secrets inline and its group or others may read it ([`exposed_secrets_warning`]).
     pub fn load(path: &Path) -> Result<Self, TenantsError> {
         let tenants = Tenants::load(path)?;
+        warn_if_secrets_exposed(path, &tenants);
         Ok(Self {
             current: Arc::new(ArcSwap::from_pointee(tenants)),
             path: Some(path.to_path_buf()),
@@ -652,6 +826,8 @@ impl TenantsHandle {
     }
 
     /// Re-reads the file (process environment for `_env` secrets) and swaps it in; on error the current set stays.
+    ///
+    /// Like [`TenantsHandle::load`], warns when the file holds secrets inline and its group or others may read it.
     pub fn reload(&self) -> Result<Arc<Tenants>, TenantsError> {
         self.reload_with_env(&ProcessEnv)
     }
@@ -660,6 +836,7 @@ impl TenantsHandle {
     pub fn reload_with_env(&self, env: &dyn Env) -> Result<Arc<Tenants>, TenantsError> {
         let path = self.path.as_deref().ok_or(TenantsError::NoFile)?;
         let fresh = Arc::new(Tenants::load_with_env(path, env)?);
+        warn_if_secrets_exposed(path, &fresh);
         self.current.store(fresh.clone());
         tracing::info!(
             tenants = fresh.len(),
@@ -842,7 +1019,8 @@ mod tests {
         let err = Tenants::parse_with_env(&dup, &env).unwrap_err().to_string();
         assert_eq!(
             err,
-            "tenant `bravo_2`: api_token: is the same as tenant `acme`'s"
+            "tenant `bravo_2`: api_token: is the same as tenant `acme`'s; the send API tells tenants apart by their token, \
+             so each needs its own"
         );
         assert_no_secret(&err);
         // A secret written with the wrong type (an unquoted numeric token) must not be quoted back.
@@ -859,6 +1037,178 @@ mod tests {
         .to_string();
         assert!(err.contains("line 5"), "{err}");
         assert_no_secret(&err);
+    }
+
+    #[test]
+    fn debug_never_shows_the_token_digest() {
+        let tenants = parse(FILE).unwrap();
+        let dbg = format!("{tenants:?}");
+        for token in ["tok-acme-0001", "tok-bravo-0002"] {
+            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            let bytes = format!("{digest:?}");
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            assert!(!dbg.contains(&bytes[1..bytes.len() - 1]), "{dbg}");
+            assert!(!dbg.contains(&hex), "{dbg}");
+        }
+        assert!(dbg.contains("TokenDigest(***)"), "{dbg}");
+        let one = format!("{:?}", tenants.get("acme").unwrap());
+        assert_no_secret(&one);
+        assert!(one.contains("TokenDigest(***)"), "{one}");
+    }
+
+    #[test]
+    fn inline_secrets_are_told_from_env_secrets() {
+        assert!(parse(FILE).unwrap().has_inline_secrets());
+        let env_only = "[[tenant]]\nid = \"b\"\napi_token_env = \"BRAVO_TOKEN\"\n[tenant.twilio]\n\
+                        account_sid = \"AC1\"\nauth_token_env = \"BRAVO_TWILIO\"\nfrom = \"whatsapp:+1415\"\n";
+        assert!(!parse(env_only).unwrap().has_inline_secrets());
+        // One provider secret inline is enough.
+        let one_inline = env_only.replace(
+            "auth_token_env = \"BRAVO_TWILIO\"",
+            "auth_token = \"twilio-auth-777\"",
+        );
+        assert!(parse(&one_inline).unwrap().has_inline_secrets());
+        let token_inline = env_only.replace(
+            "api_token_env = \"BRAVO_TOKEN\"",
+            "api_token = \"tok-bravo-0002\"",
+        );
+        assert!(parse(&token_inline).unwrap().has_inline_secrets());
+        assert!(!parse("").unwrap().has_inline_secrets());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exposed_inline_secrets_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let with_mode = |mode: u32| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::fs::metadata(&path).unwrap()
+        };
+
+        let warning = exposed_secrets_warning(&path, &with_mode(0o644), true).unwrap();
+        assert!(warning.contains(&path.display().to_string()), "{warning}");
+        assert!(
+            warning.contains("mode 0644") && warning.contains("chmod 600"),
+            "{warning}"
+        );
+        assert_no_secret(&warning);
+        assert!(exposed_secrets_warning(&path, &with_mode(0o640), true).is_some());
+        assert!(exposed_secrets_warning(&path, &with_mode(0o602), true).is_some());
+        assert!(exposed_secrets_warning(&path, &with_mode(0o600), true).is_none());
+        assert!(exposed_secrets_warning(&path, &with_mode(0o400), true).is_none());
+        // Every secret from the environment: the file is not a secret.
+        assert!(exposed_secrets_warning(&path, &with_mode(0o644), false).is_none());
+    }
+
+    /// Captures what `f` logs, as text.
+    fn logs_of<T>(f: impl FnOnce() -> T) -> (T, String) {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        (out, text)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn load_and_reload_warn_once_when_inline_secrets_are_exposed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        let text = "[[tenant]]\nid = \"a\"\napi_token = \"tok-acme-0001\"\n";
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        let (handle, logs) = logs_of(|| TenantsHandle::load(&path).unwrap());
+        assert_eq!(logs.matches("WARN").count(), 1, "{logs}");
+        assert!(
+            logs.contains("mode 0644") && logs.contains("chmod 600"),
+            "{logs}"
+        );
+        assert_no_secret(&logs);
+
+        let (_, logs) = logs_of(|| handle.reload_with_env(&env()).unwrap());
+        assert_eq!(logs.matches("WARN").count(), 1, "{logs}");
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (_, logs) = logs_of(|| handle.reload_with_env(&env()).unwrap());
+        assert!(!logs.contains("WARN"), "{logs}");
+        let (_, logs) = logs_of(|| TenantsHandle::load(&path).unwrap());
+        assert!(!logs.contains("WARN"), "{logs}");
+
+        // Secrets from the environment only: an open file is no concern.
+        std::fs::write(
+            &path,
+            "[[tenant]]\nid = \"a\"\napi_token_env = \"BRAVO_TOKEN\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, logs) = logs_of(|| handle.reload_with_env(&env()).unwrap());
+        assert!(!logs.contains("WARN"), "{logs}");
+    }
+
+    #[test]
+    fn shared_provider_secrets_are_reported_by_kind_and_tenants() {
+        assert!(parse(FILE).unwrap().shared_secrets().is_empty());
+        let meta = |id: &str, app_secret: &str, verify: &str, phone: &str, access: &str| {
+            format!(
+                "[[tenant]]\nid = \"{id}\"\napi_token = \"tok-{id}\"\n[tenant.meta]\napp_secret = \"{app_secret}\"\n\
+                 verify_token = \"{verify}\"\nphone_number_id = \"{phone}\"\naccess_token = \"{access}\"\n"
+            )
+        };
+        let twilio = |id: &str, auth: &str| {
+            format!(
+                "[[tenant]]\nid = \"{id}\"\napi_token = \"tok-{id}\"\n[tenant.twilio]\naccount_sid = \"AC1\"\n\
+                 auth_token = \"{auth}\"\nfrom = \"whatsapp:+1415\"\n"
+            )
+        };
+        let text = [
+            meta("a", "app-1", "ver-1", "1", "acc-1"),
+            meta("b", "app-1", "ver-2", "2", "acc-2"),
+            meta("c", "app-1", "ver-2", "3", "acc-3"),
+            twilio("d", "auth-1"),
+            twilio("e", "auth-1"),
+            // The same value under another kind is no sharing.
+            twilio("f", "acc-1"),
+        ]
+        .concat();
+        let shared = parse(&text).unwrap().shared_secrets();
+        let pairs: Vec<(&str, &str, &str)> = shared
+            .iter()
+            .map(|s| (s.kind.field(), s.first.as_str(), s.second.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("meta.app_secret", "a", "b"),
+                ("meta.app_secret", "a", "c"),
+                ("meta.verify_token", "b", "c"),
+                ("twilio.auth_token", "d", "e"),
+            ]
+        );
+        let dbg = format!("{shared:?}");
+        for secret in ["app-1", "ver-2", "auth-1"] {
+            assert!(!dbg.contains(secret), "{dbg}");
+        }
     }
 
     #[test]

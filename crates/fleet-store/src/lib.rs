@@ -57,10 +57,25 @@ impl Default for PoolOptions {
 }
 
 /// A handle on Fleet's Postgres database: a bounded pool plus the typed operations. Cheap to clone.
-#[derive(Clone, Debug)]
+///
+/// `Debug` names the server, database and user, never the password (sqlx's own `Debug` of the
+/// connection options would show it).
+#[derive(Clone)]
 pub struct Store {
     pool: PgPool,
     options: PgConnectOptions,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("host", &self.options.get_host())
+            .field("port", &self.options.get_port())
+            .field("database", &self.options.get_database())
+            .field("username", &self.options.get_username())
+            .field("pool_size", &self.pool.size())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -208,6 +223,28 @@ mod tests {
             let store = Store::connect("postgres://u:p@localhost/fleet_x", &PoolOptions::default())
                 .unwrap();
             assert_eq!(store.database_name(), "fleet_x");
+        });
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for url in [
+                "postgres://u:pgs3cret@localhost/fleet_x",
+                "postgres://u@localhost/fleet_x?password=pgs3cret",
+            ] {
+                let store = Store::connect(url, &PoolOptions::default()).unwrap();
+                let dbg = format!("{store:?}");
+                assert!(!dbg.contains("pgs3cret"), "{dbg}");
+                assert!(
+                    dbg.contains("fleet_x") && dbg.contains("localhost"),
+                    "{dbg}"
+                );
+            }
         });
     }
 }

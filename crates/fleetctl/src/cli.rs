@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum, builder::PossibleValuesParser};
 use fleet_core::Priority;
+use fleet_runtime::RedactedUrl;
 
 use crate::output::{entry_id_arg, parse_duration};
 
@@ -43,8 +44,9 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Flags every command takes, before or after the subcommand.
-#[derive(Debug, Clone, Default, Args)]
+/// Flags every command takes, before or after the subcommand; `Debug` redacts passwords in the
+/// URLs.
+#[derive(Clone, Default, Args)]
 pub struct GlobalArgs {
     /// Redis URL [env: REDIS_URL] [default: redis://127.0.0.1:6379].
     #[arg(
@@ -90,6 +92,22 @@ pub struct GlobalArgs {
     /// When to colour the output.
     #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
     pub color: ColorWhen,
+}
+
+impl std::fmt::Debug for GlobalArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlobalArgs")
+            .field("redis_url", &self.redis_url.as_deref().map(RedactedUrl))
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(RedactedUrl),
+            )
+            .field("prefix", &self.prefix)
+            .field("config", &self.config)
+            .field("json", &self.json)
+            .field("color", &self.color)
+            .finish()
+    }
 }
 
 /// When to use colour.
@@ -352,4 +370,30 @@ pub struct DashArgs {
     /// How often to sample the queues.
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub interval: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn debug_of_the_command_line_redacts_url_passwords() {
+        let cli = Cli::try_parse_from([
+            "fleetctl",
+            "queues",
+            "--redis-url",
+            "redis://:r3dispw@h:6379",
+            "--database-url",
+            "postgres://u:pgs3cret@h/db",
+        ])
+        .unwrap();
+        let dbg = format!("{cli:?}");
+        assert!(
+            !dbg.contains("r3dispw") && !dbg.contains("pgs3cret"),
+            "{dbg}"
+        );
+        assert!(dbg.contains("redis://:***@h:6379"), "{dbg}");
+    }
 }

@@ -3,11 +3,15 @@
 //!
 //! The loader's errors name the tenant and the field and never the value, so they are printed as
 //! they are; the listing shows only ids, limits, phone number ids and senders.
+//! What is valid but probably a mistake is a warning: a tenant with no provider, a provider secret
+//! two tenants share (named by kind and tenants, never by value), and a file holding secrets inline
+//! that its group or others may read. Warnings leave the exit status 0; only an invalid file
+//! (a shared API token among its faults) exits 1.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use fleet_runtime::Tenants;
+use fleet_runtime::{SharedSecret, Tenants, exposed_secrets_warning};
 use serde::Serialize;
 
 use crate::{
@@ -46,6 +50,42 @@ pub fn warnings(t: &TenantSummary) -> Vec<String> {
     w
 }
 
+/// The warning of one secret two tenants share: the kind and the tenants, and when sharing it is
+/// expected; never the secret.
+pub fn shared_secret_warning(s: &SharedSecret) -> String {
+    format!(
+        "tenants `{}` and `{}` have the same {} ({}; otherwise give each tenant its own)",
+        s.first,
+        s.second,
+        s.kind.field(),
+        s.kind.when_legitimate()
+    )
+}
+
+/// One secret two tenants share, in `--json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SharedSecretDoc {
+    /// The field, e.g. `meta.app_secret`.
+    pub kind: &'static str,
+    /// The two tenants, in file order.
+    pub tenants: [String; 2],
+}
+
+/// Every warning of a loaded file, in the order they are printed: per tenant, then shared
+/// secrets, then the file's permissions (`exposed`, from [`exposed_secrets_warning`]).
+pub fn all_warnings(
+    summaries: &[TenantSummary],
+    shared: &[SharedSecret],
+    exposed: Option<String>,
+) -> Vec<String> {
+    summaries
+        .iter()
+        .flat_map(warnings)
+        .chain(shared.iter().map(shared_secret_warning))
+        .chain(exposed)
+        .collect()
+}
+
 /// The summaries of a loaded tenants set.
 pub fn summarize(tenants: &Tenants) -> Vec<TenantSummary> {
     tenants
@@ -62,16 +102,24 @@ pub fn summarize(tenants: &Tenants) -> Vec<TenantSummary> {
         .collect()
 }
 
-/// The `tenants check` text.
-pub fn render(path: &Path, tenants: &[TenantSummary], color: bool) -> String {
+/// The `tenants check` text, `warnings` last (see [`all_warnings`]).
+pub fn render(path: &Path, tenants: &[TenantSummary], warnings: &[String], color: bool) -> String {
     let mut out = format!(
         "{} is valid: {} tenants\n",
         path.display(),
         count(tenants.len() as u64)
     );
-    if tenants.is_empty() {
-        return out;
+    if !tenants.is_empty() {
+        out.push_str(&table(tenants, color));
     }
+    for w in warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out
+}
+
+/// The table of tenants.
+fn table(tenants: &[TenantSummary], color: bool) -> String {
     let mut t = Table::new(&[
         ("TENANT", Align::Left),
         ("RATE LIMIT", Align::Right),
@@ -94,13 +142,7 @@ pub fn render(path: &Path, tenants: &[TenantSummary], color: bool) -> String {
             count(s.keyword_replies as u64).into(),
         ]);
     }
-    out.push_str(&t.render(color));
-    for s in tenants {
-        for w in warnings(s) {
-            out.push_str(&format!("warning: {w}\n"));
-        }
-    }
-    out
+    t.render(color)
 }
 
 /// `--json` of `tenants check`.
@@ -110,20 +152,33 @@ struct CheckDoc<'a> {
     valid: bool,
     tenants: &'a [TenantSummary],
     warnings: Vec<String>,
+    shared_secrets: Vec<SharedSecretDoc>,
 }
 
 /// `fleetctl tenants check`.
 pub fn check(ctx: &Ctx, path: &Path) -> Result<()> {
     let tenants = Tenants::load(path).context("tenants file is invalid")?;
     let summaries = summarize(&tenants);
+    let shared = tenants.shared_secrets();
+    let exposed = std::fs::metadata(path)
+        .ok()
+        .and_then(|m| exposed_secrets_warning(path, &m, tenants.has_inline_secrets()));
+    let warnings = all_warnings(&summaries, &shared, exposed);
     if ctx.json {
         ctx.print_json(&CheckDoc {
             file: path.display().to_string(),
             valid: true,
             tenants: &summaries,
-            warnings: summaries.iter().flat_map(warnings).collect(),
+            warnings,
+            shared_secrets: shared
+                .iter()
+                .map(|s| SharedSecretDoc {
+                    kind: s.kind.field(),
+                    tenants: [s.first.clone(), s.second.clone()],
+                })
+                .collect(),
         })
     } else {
-        ctx.print(&render(path, &summaries, ctx.color))
+        ctx.print(&render(path, &summaries, &warnings, ctx.color))
     }
 }

@@ -71,3 +71,22 @@ impl MetaSection {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let settings = MetaSettings {
+            app_secret: SecretString::from("app-s3cret"),
+            verify_token: SecretString::from("verify-s3cret"),
+            phone_number_id: "1234567890".into(),
+            access_token: SecretString::from("access-s3cret"),
+            messages_per_second: 80,
+        };
+        let dbg = format!("{settings:?}");
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        assert!(dbg.contains("1234567890"), "{dbg}");
+    }
+}

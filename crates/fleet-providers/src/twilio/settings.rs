@@ -64,3 +64,21 @@ impl TwilioSection {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let settings = TwilioSettings {
+            account_sid: "AC0123".into(),
+            auth_token: SecretString::from("auth-s3cret"),
+            from: "whatsapp:+14155238886".into(),
+            messages_per_second: 10,
+        };
+        let dbg = format!("{settings:?}");
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        assert!(dbg.contains("AC0123"), "{dbg}");
+    }
+}
