@@ -34,6 +34,9 @@ async fn start(args: Args) -> anyhow::Result<()> {
     let common = CommonConfig::load(&args.common)?;
     let config = IngestConfig::load(&common, &args.ingest)?;
     let tenants = TenantsHandle::load(&common.tenants_path)?;
+    config
+        .check_tenants(&tenants.current())
+        .map_err(anyhow::Error::msg)?;
 
     let mut service = Service::start("fleet-ingest", &common, "ingest", admin_ports::INGEST);
     fleet_queue::describe_metrics();
