@@ -466,6 +466,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
             .env("FLEET_TENANTS", &tenants)
             .env("FLEET_ADMIN_ADDR", admin.to_string())
             .env("FLEET_INGEST_ADDR", ingest_addr.to_string())
+            // The load generator signs Twilio requests for the address it posts to.
+            .env("FLEET_PUBLIC_URL", format!("http://{ingest_addr}"))
             .env("FLEET_META_API_BASE", format!("http://{mock_addr}/v23.0"))
             .env("FLEET_TWILIO_API_BASE", format!("http://{mock_addr}"))
             .env("FLEET_LOG_FORMAT", "json")

@@ -115,6 +115,11 @@ pub struct EnqueueOptions {
     pub idempotency_key: Option<String>,
     /// How long the idempotency key is remembered.
     pub idempotency_ttl: Duration,
+    /// What the request behind the idempotency key said (a digest of it, without spaces),
+    /// remembered with the key: a later enqueue under the key with another fingerprint is
+    /// reported as a conflict (`Enqueued::conflict` in fleet-queue), not as a duplicate.
+    /// Single enqueues only.
+    pub idempotency_fingerprint: Option<String>,
 }
 
 impl Default for EnqueueOptions {
@@ -126,6 +131,7 @@ impl Default for EnqueueOptions {
             delay: None,
             idempotency_key: None,
             idempotency_ttl: IDEMPOTENCY_TTL_DEFAULT,
+            idempotency_fingerprint: None,
         }
     }
 }
@@ -142,6 +148,18 @@ impl EnqueueOptions {
     /// Sets the idempotency key.
     pub fn idempotent(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets the idempotency key and the fingerprint of the request behind it (see
+    /// [`EnqueueOptions::idempotency_fingerprint`]).
+    pub fn idempotent_with_fingerprint(
+        mut self,
+        key: impl Into<String>,
+        fingerprint: impl Into<String>,
+    ) -> Self {
+        self.idempotency_key = Some(key.into());
+        self.idempotency_fingerprint = Some(fingerprint.into());
         self
     }
 }

@@ -22,6 +22,16 @@ pub const QUEUE_HIGH_WATER_DEFAULT: u64 = 1_000_000;
 
 /// Default largest request body: 4 MiB, above Meta's ~3 MB webhook maximum.
 pub const BODY_LIMIT_DEFAULT: usize = 4 * 1024 * 1024;
+/// Default largest body of a Twilio webhook and of a send-API request: Twilio's forms are a few
+/// KiB (about 25 fields, 45 more with ten media), a send-API text at most 16 KiB of UTF-8.
+pub const SMALL_BODY_LIMIT_DEFAULT: usize = 64 * 1024;
+/// Default time any request body may take before the minimum rate applies (see
+/// [`IngestConfig::body_deadline`]).
+pub const BODY_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default minimum average rate of a request body past its first `body_read_timeout`: 32 KiB/s,
+/// so Meta's largest bodies (about 3 MB) may take 10 s + 94 s, and a socket that trickles a few
+/// bytes is cut after about 10 s.
+pub const BODY_MIN_BYTES_PER_SEC_DEFAULT: u64 = 32 * 1024;
 /// Default budget of request body bytes held in memory at once, across all requests.
 pub const BODY_BYTES_IN_FLIGHT_DEFAULT: usize = 64 * 1024 * 1024;
 /// Default interval of the queue backlog check that drives the high-water 503.
@@ -113,8 +123,19 @@ pub enum Durability {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestSection {
-    /// Largest request body in bytes (default 4 MiB).
+    /// Largest Meta webhook body in bytes (default 4 MiB).
     pub body_limit_bytes: Option<usize>,
+    /// Largest Twilio webhook and send-API body in bytes (default 64 KiB).
+    pub small_body_limit_bytes: Option<usize>,
+    /// Deadline of each request's head (request line and headers), in milliseconds (default
+    /// 10000); also how long a kept-alive connection may sit idle between requests.
+    pub header_read_timeout_ms: Option<u64>,
+    /// Time any request body may take before `body_min_bytes_per_sec` applies, in milliseconds
+    /// (default 10000).
+    pub body_read_timeout_ms: Option<u64>,
+    /// Minimum average rate of a body past `body_read_timeout_ms` (default 32768); slower
+    /// bodies are answered 408 and their connection closed.
+    pub body_min_bytes_per_sec: Option<u64>,
     /// Request body bytes held in memory at once, all requests together (default 64 MiB);
     /// at least `body_limit_bytes`.
     pub body_bytes_in_flight: Option<usize>,
@@ -141,8 +162,16 @@ pub struct IngestConfig {
     /// Where `main` binds the listener of webhooks and the send API (the library serves the
     /// listener it is given, so tests can bind port 0).
     pub ingest_addr: SocketAddr,
-    /// Largest accepted request body; larger ones get 413.
+    /// Largest accepted Meta webhook body; larger ones get 413.
     pub body_limit: usize,
+    /// Largest accepted Twilio webhook and send-API body; larger ones get 413.
+    pub small_body_limit: usize,
+    /// Deadline of each request's head, which also ends idle kept-alive connections.
+    pub header_read_timeout: Duration,
+    /// Time any body may take before the minimum rate applies.
+    pub body_read_timeout: Duration,
+    /// Minimum average body rate past `body_read_timeout`, in bytes per second.
+    pub body_min_bytes_per_sec: u64,
     /// Body bytes all in-flight requests may hold together; past it new requests get 503, so a
     /// flood of large bodies cannot exhaust memory.
     pub body_bytes_in_flight: usize,
@@ -156,8 +185,8 @@ pub struct IngestConfig {
     pub max_connections: usize,
     /// When a webhook's events count as safe enough to answer 200.
     pub durability: Durability,
-    /// Public base URL as providers call it (Twilio signs it), without a trailing slash; `None`
-    /// rebuilds it from the request's `Host` (and `X-Forwarded-Proto`).
+    /// Public base URL as providers call it (Twilio signs it), without a trailing slash. Required
+    /// when any tenant uses Twilio: the request's `Host` header is never trusted for signatures.
     pub public_url: Option<String>,
     /// Redis URL, for a background connection when none was given at start.
     pub redis_url: String,
@@ -170,6 +199,10 @@ impl fmt::Debug for IngestConfig {
         f.debug_struct("IngestConfig")
             .field("ingest_addr", &self.ingest_addr)
             .field("body_limit", &self.body_limit)
+            .field("small_body_limit", &self.small_body_limit)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("body_min_bytes_per_sec", &self.body_min_bytes_per_sec)
             .field("body_bytes_in_flight", &self.body_bytes_in_flight)
             .field("queue_high_water", &self.queue_high_water)
             .field("backlog_interval", &self.backlog_interval)
@@ -188,6 +221,10 @@ impl Default for IngestConfig {
         IngestConfig {
             ingest_addr: INGEST_ADDR_DEFAULT,
             body_limit: BODY_LIMIT_DEFAULT,
+            small_body_limit: SMALL_BODY_LIMIT_DEFAULT,
+            header_read_timeout: fleet_runtime::http_server::HEADER_READ_TIMEOUT_DEFAULT,
+            body_read_timeout: BODY_READ_TIMEOUT_DEFAULT,
+            body_min_bytes_per_sec: BODY_MIN_BYTES_PER_SEC_DEFAULT,
             body_bytes_in_flight: BODY_BYTES_IN_FLIGHT_DEFAULT,
             queue_high_water: QUEUE_HIGH_WATER_DEFAULT,
             backlog_interval: BACKLOG_INTERVAL_DEFAULT,
@@ -202,6 +239,40 @@ impl Default for IngestConfig {
 }
 
 impl IngestConfig {
+    /// How long a body of which `received` bytes arrived may have taken so far:
+    /// `body_read_timeout` plus the time the minimum rate allows for those bytes. Past it the
+    /// request is answered 408: a client that declares a large body and sends it slowly (or not
+    /// at all) holds a connection slot for seconds, not forever.
+    pub fn body_deadline(&self, received: u64) -> Duration {
+        self.body_read_timeout
+            + Duration::from_secs_f64(received as f64 / self.body_min_bytes_per_sec as f64)
+    }
+
+    /// Refuses tenants this configuration cannot serve safely: a Twilio tenant needs
+    /// `public_url`, because Twilio signs the URL it called and the request's `Host` header is
+    /// the caller's to choose.
+    pub fn check_tenants(&self, tenants: &fleet_runtime::Tenants) -> Result<(), String> {
+        if self.public_url.is_none()
+            && let Some(tenant) = tenants.iter().find(|t| t.twilio.is_some())
+        {
+            return Err(format!(
+                "tenant `{}` uses Twilio, which signs the public URL it calls: set \
+                     FLEET_PUBLIC_URL (or --public-url, or public_url in the config file) to \
+                 ingest's public base URL, such as https://hooks.example.com",
+                tenant.id
+            ));
+        }
+        Ok(())
+    }
+
+    /// The per-connection limits of the public port.
+    pub fn connection_limits(&self) -> fleet_runtime::ConnectionLimits {
+        fleet_runtime::ConnectionLimits {
+            header_read_timeout: self.header_read_timeout,
+            ..fleet_runtime::ConnectionLimits::default()
+        }
+    }
+
     /// Resolves the ingest settings from its flags (and the process environment), the common
     /// configuration and the `[ingest]` section.
     pub fn load(common: &CommonConfig, args: &IngestArgs) -> Result<Self, ConfigError> {
@@ -263,6 +334,41 @@ impl IngestConfig {
                 "must be at least body_limit_bytes and below 4 GiB",
             ));
         }
+        let small_body_limit = section
+            .small_body_limit_bytes
+            .unwrap_or(SMALL_BODY_LIMIT_DEFAULT.min(body_limit));
+        if !(1024..=body_limit.max(1024)).contains(&small_body_limit) {
+            return Err(invalid(
+                "small_body_limit_bytes",
+                "must be between 1024 and body_limit_bytes",
+            ));
+        }
+        let millis = |key: &str, value: Option<u64>, default: Duration| {
+            let d = value.map_or(default, Duration::from_millis);
+            if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+                return Err(invalid(key, "must be between 100 and 600000"));
+            }
+            Ok(d)
+        };
+        let header_read_timeout = millis(
+            "header_read_timeout_ms",
+            section.header_read_timeout_ms,
+            fleet_runtime::http_server::HEADER_READ_TIMEOUT_DEFAULT,
+        )?;
+        let body_read_timeout = millis(
+            "body_read_timeout_ms",
+            section.body_read_timeout_ms,
+            BODY_READ_TIMEOUT_DEFAULT,
+        )?;
+        let body_min_bytes_per_sec = section
+            .body_min_bytes_per_sec
+            .unwrap_or(BODY_MIN_BYTES_PER_SEC_DEFAULT);
+        if !(1..=1 << 30).contains(&body_min_bytes_per_sec) {
+            return Err(invalid(
+                "body_min_bytes_per_sec",
+                "must be between 1 and 1073741824",
+            ));
+        }
         let backlog_interval = section
             .backlog_interval_ms
             .map_or(BACKLOG_INTERVAL_DEFAULT, Duration::from_millis);
@@ -314,6 +420,10 @@ impl IngestConfig {
         Ok(IngestConfig {
             ingest_addr,
             body_limit,
+            small_body_limit,
+            header_read_timeout,
+            body_read_timeout,
+            body_min_bytes_per_sec,
             body_bytes_in_flight,
             queue_high_water,
             backlog_interval,

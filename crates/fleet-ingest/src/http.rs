@@ -1,10 +1,13 @@
 //! The ingest HTTP routes: Meta and Twilio webhooks and the send API.
 //!
 //! Every handler follows the same order, cheapest refusal first and nothing parsed before it is
-//! authenticated: tenant (404), body within the limit (413), signature or bearer token (401),
-//! admission rate (429), parse and validate (400), queue health (503), then one enqueue call for
-//! everything in the request, and the success answer only after that call returned. Each refusal
-//! carries a short reason, is counted by reason, and never touches a queue.
+//! authenticated: tenant (404), body within its route's limit (413), its deadline (408) and the
+//! in-flight budget (503), signature or bearer token (401), the tenant's own account and number
+//! (Twilio 403; Meta skips another number's changes), admission rate (429), parse and validate
+//! (400), queue health (503), then one enqueue call for everything in the request, and the
+//! success answer only after that call returned. Each refusal carries a short reason, is counted
+//! by reason, and never touches a queue. (Twilio signs decoded form pairs, so its form is split
+//! before the check, within 64 KiB and `FORM_FIELDS_MAX` pairs.)
 
 use std::{
     borrow::Cow,
@@ -192,15 +195,20 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Reads the whole body, refusing more than the body limit (by `Content-Length` up front, and
-/// while reading for chunked bodies), and holding its share of the in-flight body budget (the
-/// declared length, or the whole limit when none is declared) until the permit is dropped.
+/// Reads the whole body against `limit` (413 above it: by the declared length up front, else
+/// as it arrives), the body deadline (408 for a body slower than
+/// [`IngestConfig::body_deadline`](crate::IngestConfig::body_deadline) allows) and the in-flight
+/// budget, which is charged by the bytes that arrived, never by the length declared: headers
+/// that announce 4 MiB and send nothing hold nothing (503 once the budget is spent). The charge
+/// travels with the bytes and is returned when the caller drops it.
 async fn read_body(
     state: &AppState,
     headers: &HeaderMap,
-    body: Body,
-) -> Result<(Bytes, OwnedSemaphorePermit), Rejection> {
-    let limit = state.config().body_limit;
+    mut body: Body,
+    limit: usize,
+) -> Result<(Bytes, BodyCharge), Rejection> {
+    use http_body_util::BodyExt;
+
     let too_large = || {
         Rejection::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -218,26 +226,72 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let reserve = declared.map_or(limit, |n| n as usize);
-    let permit = state.reserve_body(reserve).ok_or_else(|| Rejection {
-        retry_after: Some(Duration::from_secs(1)),
-        ..Rejection::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many requests in flight, retry later",
-        )
-    })?;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let is_limit = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
-        if is_limit {
-            too_large()
-        } else {
-            Rejection::bad_request("body_read", "cannot read the request body")
+    let started = tokio::time::Instant::now();
+    let mut charge = BodyCharge::default();
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    let mut received = 0usize;
+    loop {
+        let deadline = started + state.config().body_deadline(received as u64);
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_elapsed) => {
+                return Err(Rejection::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "request body too slow",
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(Rejection::bad_request(
+                    "body_read",
+                    "cannot read the request body",
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        received += data.len();
+        if received > limit {
+            return Err(too_large());
         }
-    })?;
-    Ok((bytes, permit))
+        if !state.charge_body(&mut charge, data.len()) {
+            return Err(Rejection {
+                retry_after: Some(Duration::from_secs(1)),
+                ..Rejection::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too many request bytes in flight, retry later",
+                )
+            });
+        }
+        // One frame (the usual case) is kept as it came; more are copied into one buffer.
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            Some(earlier) => {
+                rest.extend_from_slice(&earlier);
+                rest.extend_from_slice(&data);
+            }
+            None => rest.extend_from_slice(&data),
+        }
+    }
+    let bytes = first.unwrap_or_else(|| Bytes::from(rest));
+    Ok((bytes, charge))
+}
+
+/// The share of the in-flight body budget a request holds: the bytes of its body that arrived.
+#[derive(Default)]
+pub(crate) struct BodyCharge(Option<OwnedSemaphorePermit>);
+
+impl BodyCharge {
+    pub(crate) fn add(&mut self, permit: OwnedSemaphorePermit) {
+        match &mut self.0 {
+            Some(held) => held.merge(permit),
+            None => self.0 = Some(permit),
+        }
+    }
 }
 
 /// Checks the tenant's admission rate.
@@ -422,7 +476,8 @@ async fn meta_webhook(
                     .cloned()
                     .ok_or_else(Rejection::unknown_tenant)?;
                 let meta = tenant.meta.as_ref().ok_or_else(Rejection::unknown_tenant)?;
-                let (raw, _body_permit) = read_body(&state, &headers, body).await?;
+                let (raw, _body_charge) =
+                    read_body(&state, &headers, body, state.config().body_limit).await?;
                 bytes_read = raw.len();
                 let signature = headers
                     .get(meta::SIGNATURE_HEADER)
@@ -434,11 +489,35 @@ async fn meta_webhook(
                 admit(&snapshot, &tenant)?;
                 let received_at = now_ms();
                 let payload = meta::parse(&raw).map_err(|e| malformed_json(&e))?;
-                let normalized =
-                    meta::normalize(&tenant.id, &payload, received_at).map_err(|e| match e {
-                        meta::NormalizeError::Json(j) => malformed_json(&j),
-                        other => Rejection::bad_request(other.reason(), other.to_string()),
-                    })?;
+                // Only changes for the tenant's own number are taken (the app secret is per
+                // Meta app, which several tenants may share); a malformed item is skipped, not
+                // the body around it. Both are answered 200 with the good events enqueued: Meta
+                // redelivers a non-2xx body for up to 7 days, and neither would ever change.
+                let normalized = meta::normalize(
+                    &tenant.id,
+                    Some(&meta.phone_number_id),
+                    &payload,
+                    received_at,
+                );
+                if normalized.misrouted_changes > 0 {
+                    ::metrics::counter!(metrics::MISROUTED_TOTAL, "provider" => "meta")
+                        .increment(normalized.misrouted_changes);
+                    tracing::warn!(
+                        tenant = %tenant.id,
+                        changes = normalized.misrouted_changes,
+                        "meta changes for another phone_number_id than the tenant's were skipped"
+                    );
+                }
+                if let Some(reason) = normalized.first_malformed {
+                    ::metrics::counter!(metrics::MALFORMED_ITEMS_TOTAL, "provider" => "meta")
+                        .increment(normalized.malformed);
+                    tracing::warn!(
+                        tenant = %tenant.id,
+                        items = normalized.malformed,
+                        reason,
+                        "malformed items of a meta webhook were skipped: {reason}"
+                    );
+                }
                 if normalized.other_fields > 0 {
                     ::metrics::counter!(metrics::OTHER_FIELDS_TOTAL, "provider" => "meta")
                         .increment(normalized.other_fields);
@@ -457,7 +536,12 @@ async fn meta_webhook(
                 Ok(Accepted {
                     response: (
                         StatusCode::OK,
-                        Json(serde_json::json!({ "accepted": new, "duplicates": duplicates })),
+                        Json(serde_json::json!({
+                            "accepted": new,
+                            "duplicates": duplicates,
+                            "misrouted": normalized.misrouted_changes,
+                            "malformed": normalized.malformed,
+                        })),
                     )
                         .into_response(),
                     outcome: success_outcome(new, duplicates),
@@ -492,31 +576,12 @@ fn malformed_json(e: &serde_json::Error) -> Rejection {
 
 // ----- Twilio -----
 
-/// The URLs Twilio may have signed for this request: `FLEET_PUBLIC_URL` + path and query, or,
-/// without it, the request's `Host` with `X-Forwarded-Proto` (or both schemes when absent).
-fn twilio_urls(public_url: Option<&str>, headers: &HeaderMap, uri: &Uri) -> Vec<String> {
+/// The URL Twilio signed for this request: the configured public base URL with the request's
+/// path and query. Never the `Host` header: it is the caller's to choose, and a signature over a
+/// URL the caller picked proves nothing about where Twilio meant to deliver.
+fn twilio_url(public_url: &str, uri: &Uri) -> String {
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    if let Some(base) = public_url {
-        return vec![format!("{}{path_and_query}", base.trim_end_matches('/'))];
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()));
-    let Some(host) = host else { return Vec::new() };
-    let proto = headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-        .and_then(|p| p.split(',').next())
-        .map(str::trim)
-        .filter(|p| matches!(*p, "http" | "https"));
-    match proto {
-        Some(p) => vec![format!("{p}://{host}{path_and_query}")],
-        None => vec![
-            format!("https://{host}{path_and_query}"),
-            format!("http://{host}{path_and_query}"),
-        ],
-    }
+    format!("{}{path_and_query}", public_url.trim_end_matches('/'))
 }
 
 async fn twilio_webhook(
@@ -533,21 +598,32 @@ async fn twilio_webhook(
             let snapshot = state.snapshot();
             let tenant = snapshot.tenants.get(&tenant_id).cloned().ok_or_else(Rejection::unknown_tenant)?;
             let settings = tenant.twilio.as_ref().ok_or_else(Rejection::unknown_tenant)?;
-            let (raw, _body_permit) = read_body(&state, &headers, body).await?;
+            // Set at start whenever a Twilio tenant is configured; only a tenants reload can
+            // add one without it.
+            let Some(public_url) = state.config().public_url.as_deref() else {
+                tracing::error!(tenant = %tenant.id, "a Twilio webhook arrived but FLEET_PUBLIC_URL is not set; restart ingest with it");
+                return Err(Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "public_url_unset", "ingest is not configured for Twilio"));
+            };
+            let (raw, _body_charge) =
+                read_body(&state, &headers, body, state.config().small_body_limit).await?;
             bytes_read = raw.len();
-            let params = twilio::parse_form(&raw)
-                .map_err(|_| Rejection::bad_request("malformed_form", "malformed form body"))?;
+            // Twilio signs the decoded pairs, so the form is split first: within the small body
+            // limit and at most FORM_FIELDS_MAX pairs, counted before any is decoded.
+            let params = twilio::parse_form(&raw).map_err(|e| match e {
+                twilio::FormError::TooManyFields => Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, e.reason(), e.to_string()),
+                twilio::FormError::Malformed => Rejection::bad_request(e.reason(), e.to_string()),
+            })?;
             let signature = headers.get(twilio::SIGNATURE_HEADER).map(|v| v.to_str().unwrap_or(""));
             let token = settings.auth_token.expose_secret().as_bytes();
-            let urls = twilio_urls(state.config().public_url.as_deref(), &headers, &uri);
-            let mut verdict = Err(twilio::SignatureError::Mismatch);
-            for url in &urls {
-                verdict = twilio::verify_signature(token, url, &params, signature);
-                if !matches!(verdict, Err(twilio::SignatureError::Mismatch)) {
-                    break;
-                }
-            }
-            verdict.map_err(|e| Rejection::new(StatusCode::UNAUTHORIZED, e.reason(), e.to_string()))?;
+            twilio::verify_signature(token, &twilio_url(public_url, &uri), &params, signature)
+                .map_err(|e| Rejection::new(StatusCode::UNAUTHORIZED, e.reason(), e.to_string()))?;
+            // Twilio does not redeliver a refused callback; its debugger shows the 403 to the
+            // account's owner, which is who can fix a webhook URL pointing at the wrong tenant.
+            twilio::check_routing(&params, &settings.account_sid, &settings.from).map_err(|e| {
+                ::metrics::counter!(metrics::MISROUTED_TOTAL, "provider" => "twilio").increment(1);
+                tracing::warn!(tenant = %tenant.id, "twilio webhook refused: {e}");
+                Rejection::new(StatusCode::FORBIDDEN, "misrouted", e.to_string())
+            })?;
             admit(&snapshot, &tenant)?;
             let normalized = twilio::normalize(&tenant.id, &params, now_ms())
                 .map_err(|e| Rejection::bad_request(e.reason(), e.to_string()))?;
@@ -657,6 +733,14 @@ fn validate_send(
     Ok((message, priority))
 }
 
+/// A request body's fingerprint: the first 128 bits of its SHA-256, in hex.
+fn body_fingerprint(raw: &[u8]) -> String {
+    Sha256::digest(raw)[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn idempotency_header(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -692,7 +776,8 @@ async fn send_message(State(state): State<AppState>, headers: HeaderMap, body: B
                     )
                 })?;
             tracing::Span::current().record("tenant", tenant.id.as_str());
-            let (raw, _body_permit) = read_body(&state, &headers, body).await?;
+            let (raw, _body_charge) =
+                read_body(&state, &headers, body, state.config().small_body_limit).await?;
             bytes_read = raw.len();
             admit(&snapshot, &tenant)?;
             let key = idempotency_header(&headers)?;
@@ -704,13 +789,25 @@ async fn send_message(State(state): State<AppState>, headers: HeaderMap, body: B
             // (`[outbound.retry]`), which replaces the job's default on delivery.
             let mut options = EnqueueOptions::with_priority(priority);
             if let Some(key) = key {
-                options = options.idempotent(rules::api_idempotency_key(&tenant.id, key));
+                // The body's digest is remembered with the key: the same key with another body
+                // is a client bug to report (422), not a retry to answer with the first id.
+                options = options.idempotent_with_fingerprint(
+                    rules::api_idempotency_key(&tenant.id, key),
+                    body_fingerprint(&raw),
+                );
             }
             let enqueued = queues
                 .outbound
                 .enqueue(&message, &options)
                 .await
                 .map_err(|e| enqueue_error(&state, &e))?;
+            if enqueued.conflict {
+                return Err(Rejection::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "Idempotency-Key already used with a different body",
+                ));
+            }
             let (new, duplicates) = if enqueued.duplicate { (0, 1) } else { (1, 0) };
             metrics::events("api", new, duplicates);
             Ok(Accepted {
@@ -778,25 +875,11 @@ mod tests {
     }
 
     #[test]
-    fn twilio_urls_follow_public_url_or_host() {
+    fn the_twilio_url_is_the_public_url_whatever_the_host_says() {
         let uri: Uri = "/webhooks/twilio/acme?x=1".parse().unwrap();
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("ingest.example.com"));
         assert_eq!(
-            twilio_urls(Some("https://pub.example.com/"), &h, &uri),
-            ["https://pub.example.com/webhooks/twilio/acme?x=1"]
-        );
-        assert_eq!(
-            twilio_urls(None, &h, &uri),
-            [
-                "https://ingest.example.com/webhooks/twilio/acme?x=1",
-                "http://ingest.example.com/webhooks/twilio/acme?x=1"
-            ]
-        );
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https, http"));
-        assert_eq!(
-            twilio_urls(None, &h, &uri),
-            ["https://ingest.example.com/webhooks/twilio/acme?x=1"]
+            twilio_url("https://pub.example.com/", &uri),
+            "https://pub.example.com/webhooks/twilio/acme?x=1"
         );
     }
 

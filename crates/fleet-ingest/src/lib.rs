@@ -60,11 +60,16 @@ pub async fn run_with_state(
         tracing::info!(%addr, "ingest listening on {addr}");
     }
     let max_connections = state.config().max_connections;
-    axum::serve(
+    let limits = state.config().connection_limits();
+    // HTTP/1.1 only, a deadline on every request head (and idle keep-alive), at most
+    // `max_connections` open; each body is read against its own deadline in `http::read_body`.
+    fleet_runtime::http_server::serve(
         listener::CappedListener::new(listener, max_connections),
         app(state),
+        limits,
+        "ingest",
+        shutdown.cancelled(),
     )
-    .with_graceful_shutdown(shutdown.cancelled())
     .await
 }
 

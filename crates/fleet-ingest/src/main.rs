@@ -37,6 +37,9 @@ async fn start(args: Args) -> anyhow::Result<()> {
     let mut service = Service::start("fleet-ingest", &common, "ingest", admin_ports::INGEST);
     // Loaded once tracing is up, so a warning about the file (its permissions) is logged.
     let tenants = TenantsHandle::load(&common.tenants_path)?;
+    config
+        .check_tenants(&tenants.current())
+        .map_err(anyhow::Error::msg)?;
     fleet_queue::describe_metrics();
     // A Redis that is down at start is waited for in the background (answering 503 meanwhile);
     // a URL or prefix that can never work is a configuration error.

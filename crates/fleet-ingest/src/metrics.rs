@@ -23,6 +23,12 @@ pub const ENQUEUE_BATCH_SIZE: &str = "fleet_ingest_enqueue_batch_size";
 pub const OTHER_FIELDS_TOTAL: &str = "fleet_ingest_other_fields_total";
 /// Status events with a status word Fleet does not track, answered 200 and not enqueued.
 pub const IGNORED_STATUSES_TOTAL: &str = "fleet_ingest_ignored_statuses_total";
+/// Webhook changes (Meta) or requests (Twilio) for another account or business number than the
+/// URL's tenant: skipped (Meta, answered 200) or refused with 403 (Twilio), by `provider`.
+pub const MISROUTED_TOTAL: &str = "fleet_ingest_misrouted_total";
+/// Messages, statuses or changes of a verified Meta body that cannot be read: skipped while the
+/// rest of the body is enqueued, by `provider`.
+pub const MALFORMED_ITEMS_TOTAL: &str = "fleet_ingest_malformed_items_total";
 /// Meta subscription handshakes, by `outcome`.
 pub const HANDSHAKES_TOTAL: &str = "fleet_ingest_handshakes_total";
 /// The last backlog read of each queue, by `queue`.
@@ -74,6 +80,14 @@ pub fn describe() {
     metrics::describe_histogram!(
         ENQUEUE_BATCH_SIZE,
         "Events per enqueue call (concurrent requests share one)."
+    );
+    metrics::describe_counter!(
+        MISROUTED_TOTAL,
+        "Meta changes skipped or Twilio requests refused (403) because they are for another account or business number than the URL's tenant, by provider."
+    );
+    metrics::describe_counter!(
+        MALFORMED_ITEMS_TOTAL,
+        "Unreadable messages, statuses or changes skipped from a verified Meta body (the rest is enqueued), by provider."
     );
     metrics::describe_counter!(
         OTHER_FIELDS_TOTAL,

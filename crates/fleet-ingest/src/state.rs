@@ -25,7 +25,7 @@ use fleet_core::{INBOUND_QUEUE, OUTBOUND_QUEUE};
 use fleet_queue::{Broker, Queue};
 use fleet_runtime::{Shutdown, Tenant, Tenants, TenantsError, TenantsHandle};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::{
     batcher::Batcher,
@@ -263,14 +263,22 @@ impl AppState {
         Ok(fresh.len())
     }
 
-    /// Reserves `bytes` of the in-flight body budget, or `None` when the budget is spent.
-    pub(crate) fn reserve_body(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        let n = u32::try_from(bytes).ok()?;
-        self.inner
-            .body_budget
-            .clone()
-            .try_acquire_many_owned(n)
-            .ok()
+    /// Charges `bytes` more of the in-flight body budget to `charge`; `false` when the budget is
+    /// spent (the charge keeps what it held).
+    pub(crate) fn charge_body(&self, charge: &mut crate::http::BodyCharge, bytes: usize) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        let Ok(n) = u32::try_from(bytes) else {
+            return false;
+        };
+        match self.inner.body_budget.clone().try_acquire_many_owned(n) {
+            Ok(permit) => {
+                charge.add(permit);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Whether a request for `queue` may be enqueued now, from the cached health and backlog.

@@ -28,6 +28,10 @@ pub fn describe() {
         "Inbound messages already stored (a redelivery or a replay): counted nothing twice."
     );
     describe_counter!(
+        "fleet_prospects_replays_unanswered_total",
+        "Messages stored earlier and first received longer ago than max_reply_age_secs, received again (a late redelivery or a replayed request): stored once, never answered again."
+    );
+    describe_counter!(
         "fleet_prospects_prospects_created_total",
         "Prospects (contacts) created by a first message."
     );

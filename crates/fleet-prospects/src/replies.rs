@@ -23,6 +23,40 @@ pub struct AutoReply {
     pub options: EnqueueOptions,
 }
 
+/// The events of a batch that may still be answered: every event but the messages an earlier
+/// batch stored more than `max_age` ago. Those are a provider's redelivery or a captured request
+/// replayed after the reply window, when the idempotency keys of their replies may have expired;
+/// neither provider signs a timestamp that would tell (Twilio's form carries none, so its
+/// messages' own time is when ingest received them). A queue redelivery of a batch within the
+/// window is still answered, and its replies' keys make it enqueue nothing twice.
+pub fn without_replays<'a>(
+    events: &'a [InboundEvent],
+    stored_earlier: &[fleet_store::StoredEarlier],
+    now: DateTime<Utc>,
+    max_age: Duration,
+) -> std::borrow::Cow<'a, [InboundEvent]> {
+    let oldest = now - chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+    let stale: HashSet<(&str, &str)> = stored_earlier
+        .iter()
+        .filter(|s| s.first_received_at < oldest)
+        .map(|s| (s.tenant.as_str(), s.provider_message_id.as_str()))
+        .collect();
+    if stale.is_empty() {
+        return std::borrow::Cow::Borrowed(events);
+    }
+    let answerable = events
+        .iter()
+        .filter(|e| match &e.body {
+            InboundBody::Message(m) => {
+                !stale.contains(&(e.tenant.as_str(), m.provider_message_id.as_str()))
+            }
+            InboundBody::Status(_) => true,
+        })
+        .cloned()
+        .collect();
+    std::borrow::Cow::Owned(answerable)
+}
+
 /// Plans the replies of a committed batch.
 ///
 /// - `welcome`: one per claim returned by the store (once per prospect ever), key
@@ -162,6 +196,32 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn messages_first_received_before_the_window_are_left_out() {
+        let now = DateTime::from_timestamp(1_750_000_000, 0).unwrap();
+        let events = vec![
+            msg("acme", "old", 0, "price"),
+            msg("acme", "new", 0, "price"),
+        ];
+        let earlier = |id: &str, hours_ago: i64| fleet_store::StoredEarlier {
+            tenant: "acme".into(),
+            provider_message_id: id.into(),
+            first_received_at: now - chrono::Duration::hours(hours_ago),
+        };
+        let day = Duration::from_secs(86_400);
+        let kept = without_replays(&events, &[earlier("old", 25), earlier("new", 2)], now, day);
+        let ids: Vec<_> = kept.iter().map(|e| e.provider_message_id()).collect();
+        assert_eq!(
+            ids,
+            ["new"],
+            "a redelivery within the window is still answered"
+        );
+        assert!(matches!(
+            without_replays(&events, &[], now, day),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     fn keys(replies: &[AutoReply]) -> Vec<String> {

@@ -264,8 +264,18 @@ impl BatchHandler {
 
         let planned = {
             let tenants = self.tenants.current();
-            replies::plan(
+            let events = replies::without_replays(
                 &chunk.events,
+                &outcome.stored_earlier,
+                now,
+                self.config.max_reply_age,
+            );
+            if let std::borrow::Cow::Owned(answerable) = &events {
+                metrics::counter!("fleet_prospects_replays_unanswered_total")
+                    .increment((chunk.events.len() - answerable.len()) as u64);
+            }
+            replies::plan(
+                &events,
                 &outcome.welcome,
                 &tenants,
                 now,

@@ -3,10 +3,11 @@
 -- this script is its lean single-job form, for the send API's one-message requests.)
 -- KEYS[1] = the stream, or the delayed set when ARGV[3] > 0,
 -- KEYS[2] = the idempotency key (absent when the job has none)
--- ARGV[1] = job id, ARGV[2] = key TTL in ms, ARGV[3] = delay in ms (0: append to the stream now),
+-- ARGV[1] = the key's value: the job id, or the job id, a space and the request's fingerprint
+-- (fleet-queue's queue.rs splits it), ARGV[2] = key TTL in ms, ARGV[3] = delay in ms (0: append to the stream now),
 -- ARGV[4] = now in ms, or '' to use the Redis server's clock (the job is due at now + delay),
 -- ARGV[5] = delayed-set member (when delayed), ARGV[6..] = stream entry fields (when not delayed)
--- Returns {1, job id} when appended, {0, first job id} when the key was already taken.
+-- Returns {1, ARGV[1]} when appended, {0, the key's value} when the key was already taken.
 -- All or nothing: the claim (SET NX GET, Redis >= 7.0: it answers the first job id when the key
 -- exists and sets it otherwise) is the only write before the append, and a failed append
 -- releases it; a claim that fails writes nothing.

@@ -22,6 +22,9 @@ pub struct Enqueued {
     pub job_id: JobId,
     /// True when the idempotency key had been seen and nothing was appended.
     pub duplicate: bool,
+    /// True for a duplicate whose first enqueue carried another idempotency fingerprint: the key
+    /// was reused for a different request (nothing was appended either way).
+    pub conflict: bool,
 }
 
 /// A handle on one queue. Cheap to clone.
@@ -86,6 +89,8 @@ struct Prepared {
     /// How long the job waits in the delayed set; `None` appends it to its stream now.
     delay_ms: Option<u64>,
     idempotency: Option<(String, Duration)>,
+    /// What the request behind the idempotency key said (single enqueues only).
+    fingerprint: Option<String>,
 }
 
 impl Queue {
@@ -138,11 +143,21 @@ impl Queue {
             .idempotency_key
             .clone()
             .map(|k| (k, opts.idempotency_ttl));
+        if opts
+            .idempotency_fingerprint
+            .as_deref()
+            .is_some_and(|f| f.is_empty() || f.contains(' '))
+        {
+            return Err(Error::Invalid(
+                "an idempotency fingerprint is non-empty and has no space".into(),
+            ));
+        }
         Ok(Prepared {
             job,
             priority: opts.priority,
             delay_ms,
             idempotency,
+            fingerprint: opts.idempotency_fingerprint.clone(),
         })
     }
 
@@ -173,6 +188,7 @@ impl Queue {
             Enqueued {
                 job_id: p.job.job_id.clone(),
                 duplicate: false,
+                conflict: false,
             }
         } else {
             self.append_one(&p).await?
@@ -192,8 +208,14 @@ impl Queue {
             keys.push(self.keys.idempotency(key));
             ttl_ms = ttl.as_millis().max(1) as i64;
         }
+        // The key's value: the job id, then the fingerprint after a space when there is one (a
+        // job id never holds a space); the script stores and answers it as it is.
+        let record = match &p.fingerprint {
+            Some(fingerprint) => format!("{} {fingerprint}", p.job.job_id.as_str()),
+            None => p.job.job_id.as_str().to_owned(),
+        };
         let mut args: Vec<Value> = vec![
-            p.job.job_id.as_str().into(),
+            record.into(),
             ttl_ms.into(),
             (p.delay_ms.unwrap_or(0) as i64).into(),
             self.clock.arg(),
@@ -212,10 +234,21 @@ impl Queue {
         match reply {
             Value::Array(parts) if parts.len() == 2 => {
                 let appended = parts[0].as_i64() == Some(1);
-                let id = text_of(&parts[1]).ok_or_else(|| Error::protocol("enqueue reply"))?;
+                let record = text_of(&parts[1]).ok_or_else(|| Error::protocol("enqueue reply"))?;
+                let (id, stored_fingerprint) = match record.split_once(' ') {
+                    Some((id, fingerprint)) => (id.to_owned(), Some(fingerprint)),
+                    None => (record.clone(), None),
+                };
+                // Only two fingerprints can disagree: a key claimed without one (an older enqueue)
+                // or asked about without one never conflicts.
+                let conflict = !appended
+                    && p.fingerprint.is_some()
+                    && stored_fingerprint.is_some()
+                    && stored_fingerprint != p.fingerprint.as_deref();
                 Ok(Enqueued {
                     job_id: JobId(id),
                     duplicate: !appended,
+                    conflict,
                 })
             }
             other => Err(Error::protocol(format!("enqueue reply {other:?}"))),
@@ -238,6 +271,11 @@ impl Queue {
             .iter()
             .map(|(t, o)| Self::prepare(t, o, now))
             .collect::<Result<Vec<_>>>()?;
+        if prepared.iter().any(|p| p.fingerprint.is_some()) {
+            return Err(Error::Invalid(
+                "idempotency fingerprints are for single enqueues".into(),
+            ));
+        }
         let mut out = Vec::with_capacity(jobs.len());
         for chunk in prepared.chunks(BATCH_LIMIT) {
             let done = self.append_batch(chunk).await?;
@@ -301,13 +339,16 @@ impl Queue {
             .iter()
             .enumerate()
             .map(|(i, p)| match first_ids.remove(&i) {
+                // A key claimed by a single enqueue holds "<job id> <fingerprint>".
                 Some(first) => Enqueued {
-                    job_id: JobId(first),
+                    job_id: JobId(first.split(' ').next().unwrap_or_default().to_owned()),
                     duplicate: true,
+                    conflict: false,
                 },
                 None => Enqueued {
                     job_id: p.job.job_id.clone(),
                     duplicate: false,
+                    conflict: false,
                 },
             })
             .collect())

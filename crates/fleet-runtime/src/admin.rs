@@ -224,9 +224,16 @@ pub async fn serve_admin(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin server listening on {addr}");
     }
-    axum::serve(listener, admin_router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The same per-connection limits as a public port: the admin port may be reachable from a
+    // pod network, and a scraper that stalls must not hold a connection forever.
+    crate::http_server::serve(
+        listener,
+        admin_router(state),
+        crate::ConnectionLimits::default(),
+        "admin",
+        shutdown,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -746,7 +746,7 @@ impl CommonConfig {
     /// The admin address for the binary whose section is `section`.
     ///
     /// Order: `--admin-addr` / `FLEET_ADMIN_ADDR`, then `[section].admin_addr`, then the file's top-level `admin_addr`,
-    /// then `0.0.0.0:<default_port>`.
+    /// then `127.0.0.1:<default_port>` (loopback: set it to `0.0.0.0:<port>` where probes or scrapers come from outside).
     /// Per-binary ports let every binary run side by side on one host with one config file.
     pub fn admin_addr_for(&self, section: &str, default_port: u16) -> SocketAddr {
         if self.admin_addr_from_cli_or_env
@@ -762,7 +762,10 @@ impl CommonConfig {
             .and_then(|s| SocketAddr::from_str(s).ok());
         from_section
             .or(self.admin_addr)
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port)))
+            // Loopback by default: `/metrics` and `/readyz` are for the host's own agents; a pod
+            // or container that is probed or scraped from outside sets `FLEET_ADMIN_ADDR`
+            // (deploy/k8s and docker-compose.yml do).
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)))
     }
 }
 
@@ -818,7 +821,7 @@ mod tests {
         assert_eq!(cfg.admin_addr, None);
         assert_eq!(
             cfg.admin_addr_for("ingest", admin_ports::INGEST),
-            "0.0.0.0:9090".parse().unwrap()
+            "127.0.0.1:9090".parse().unwrap()
         );
     }
 

@@ -132,6 +132,7 @@ fn describe_runtime_metrics() {
         "fleet_tenants_reloads_total",
         "Reloads of the tenants file on SIGHUP, by outcome (ok, error)."
     );
+    crate::http_server::describe_metrics();
 }
 
 /// A Prometheus builder with Fleet's histogram buckets; [`install_metrics`] installs one, tests may build local recorders.

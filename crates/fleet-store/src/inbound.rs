@@ -47,6 +47,20 @@ pub struct BatchOutcome {
     /// Welcome replies to enqueue: claimed by this batch, or claimed earlier by one of this batch's
     /// messages (a redelivery after a crash between commit and enqueue).
     pub welcome: Vec<WelcomeClaim>,
+    /// Messages of this batch that an earlier batch stored, with when they were first received:
+    /// a redelivery or a replay. Read only when the batch had such messages (one query).
+    pub stored_earlier: Vec<StoredEarlier>,
+}
+
+/// A message of the batch that was already stored, and when it was first received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEarlier {
+    /// The tenant.
+    pub tenant: String,
+    /// The provider message id.
+    pub provider_message_id: String,
+    /// When the message was first received (the stored row's `received_at`).
+    pub first_received_at: DateTime<Utc>,
 }
 
 /// A welcome reply owed to a prospect, triggered by one of its messages.
@@ -238,6 +252,17 @@ pub(crate) fn coalesce<'a>(
 }
 
 /// Inserts new messages and upserts their prospects, counting only the rows inserted.
+/// The first `received_at` of messages already stored, by (tenant, provider message id): the rows
+/// this batch inserted are left out by their `received_at`, which is this batch's.
+const STORED_EARLIER: &str = r#"
+SELECT m.tenant, m.provider_message_id, m.received_at
+FROM messages m
+JOIN UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS t(tenant, provider_message_id, received_at)
+  ON m.tenant = t.tenant AND m.provider_message_id = t.provider_message_id
+WHERE m.received_at <> t.received_at
+ORDER BY m.tenant, m.provider_message_id
+"#;
+
 const INSERT_MESSAGES_UPSERT_PROSPECTS: &str = r#"
 WITH ins AS (
     INSERT INTO messages (tenant, contact, provider, provider_message_id, direction, kind, body, media, sent_at, received_at)
@@ -415,6 +440,48 @@ async fn write(
         }
         outcome.prospects_created = created.iter().cloned().collect();
         outcome.prospects_created.sort_unstable();
+        if outcome.messages_inserted < batch.messages.len() as u64 {
+            // Some were stored before: when first? The caller plans no automatic reply to a
+            // message first received too long ago (a replay after the idempotency window).
+            // Messages of prospects whose counts show a duplicate are looked up; the rows
+            // inserted just now are told apart by their received_at.
+            let mut in_batch: HashMap<(&str, &str), i64> = HashMap::new();
+            for m in &batch.messages {
+                *in_batch.entry((m.tenant, m.contact)).or_default() += 1;
+            }
+            let suspects: Vec<&MessageRow<'_>> = batch
+                .messages
+                .iter()
+                .filter(|m| {
+                    let stored = inserted
+                        .get(&(m.tenant.to_owned(), m.contact.to_owned()))
+                        .copied()
+                        .unwrap_or(0);
+                    stored < in_batch[&(m.tenant, m.contact)]
+                })
+                .collect();
+            let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(STORED_EARLIER)
+                .bind(suspects.iter().map(|m| m.tenant).collect::<Vec<_>>())
+                .bind(
+                    suspects
+                        .iter()
+                        .map(|m| m.provider_message_id)
+                        .collect::<Vec<_>>(),
+                )
+                .bind(suspects.iter().map(|m| m.received_at).collect::<Vec<_>>())
+                .fetch_all(&mut *conn)
+                .await?;
+            outcome.stored_earlier = rows
+                .into_iter()
+                .map(
+                    |(tenant, provider_message_id, first_received_at)| StoredEarlier {
+                        tenant,
+                        provider_message_id,
+                        first_received_at,
+                    },
+                )
+                .collect();
+        }
     }
 
     if !batch.welcome_candidates.is_empty() {

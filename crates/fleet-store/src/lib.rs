@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 pub use crate::{
     error::{Error, ErrorClass, Result, classify_sqlstate},
-    inbound::{BatchOutcome, WelcomeClaim},
+    inbound::{BatchOutcome, StoredEarlier, WelcomeClaim},
     outbound::{OutboundRecord, OutboundState, SentRecord},
 };
 

@@ -573,7 +573,9 @@ mod tests {
             )
             .unwrap();
             let payload = fleet_providers::meta::webhook::parse(&r.body).unwrap();
-            let out = fleet_providers::meta::webhook::normalize("m", &payload, 0).unwrap();
+            // Routed as ingest routes it: every change is for tenant m's number.
+            let out = fleet_providers::meta::webhook::normalize("m", Some("111"), &payload, 0);
+            assert_eq!((out.misrouted_changes, out.malformed), (0, 0));
             assert_eq!(out.events.len(), r.events.len());
             messages += r
                 .events
@@ -600,6 +602,12 @@ mod tests {
                 "http://127.0.0.1:8080/webhooks/twilio/t",
                 &params,
                 Some(&r.signature.1),
+            )
+            .unwrap();
+            fleet_providers::twilio::webhook::check_routing(
+                &params,
+                "AC00000000000000000000000000000000",
+                "whatsapp:+14155238886",
             )
             .unwrap();
             match fleet_providers::twilio::webhook::normalize("t", &params, 0).unwrap() {

@@ -13,18 +13,34 @@ use std::{
 use crate::helpers::*;
 
 /// A running binary; killed on drop if the test did not stop it.
-struct Ingest {
-    child: Child,
-    ingest: SocketAddr,
-    admin: SocketAddr,
-    tenants: PathBuf,
+pub(crate) struct Ingest {
+    pub(crate) child: Child,
+    pub(crate) ingest: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) tenants: PathBuf,
+    config: Option<PathBuf>,
 }
 
 impl Ingest {
-    fn start(redis_url: &str, prefix: &str) -> Ingest {
+    pub(crate) fn start(redis_url: &str, prefix: &str) -> Ingest {
+        Self::start_with(redis_url, prefix, None)
+    }
+
+    /// Starts the binary with `config` as its config file (`FLEET_CONFIG`), if any.
+    pub(crate) fn start_with(redis_url: &str, prefix: &str, config: Option<&str>) -> Ingest {
         let tenants = std::env::temp_dir().join(format!("fleet-ingest-bin-{prefix}.toml"));
         std::fs::write(&tenants, TENANTS).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-ingest"))
+        let config = config.map(|text| {
+            let path = std::env::temp_dir().join(format!("fleet-ingest-bin-{prefix}.config.toml"));
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fleet-ingest"));
+        command.env_remove("FLEET_CONFIG");
+        if let Some(path) = &config {
+            command.env("FLEET_CONFIG", path);
+        }
+        let mut child = command
             .args([
                 "--ingest-addr",
                 "127.0.0.1:0",
@@ -37,7 +53,6 @@ impl Ingest {
             .env("FLEET_PUBLIC_URL", PUBLIC_URL)
             .env("FLEET_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
-            .env_remove("FLEET_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -73,7 +88,19 @@ impl Ingest {
             ingest: ingest.unwrap(),
             admin: admin.unwrap(),
             tenants,
+            config,
         }
+    }
+
+    /// The most memory the process has held so far (`VmHWM`), in bytes.
+    pub(crate) fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+            * 1024
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
@@ -100,11 +127,14 @@ impl Drop for Ingest {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.tenants);
+        if let Some(path) = &self.config {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
 /// One HTTP/1.1 request over a fresh connection; returns the status and the body.
-fn http(
+pub(crate) fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -233,7 +263,7 @@ async fn the_binary_serves_a_signed_webhook_and_stops_on_sigterm() {
         + "\n[[tenant]]\nid = \"late\"\napi_token = \"late-token\"\n[tenant.meta]\napp_secret = \"test_app_secret\"\n\
            verify_token = \"v\"\nphone_number_id = \"300\"\naccess_token = \"a\"\n";
     std::fs::write(&ingest.tenants, added).unwrap();
-    let late = meta_text_body(&["wamid.LATE1"]);
+    let late = meta_text_body_to("300", &["wamid.LATE1"]);
     let late_sig = fleet_providers::meta::webhook::sign(META_SECRET.as_bytes(), &late);
     let post_late = || {
         http(

@@ -203,8 +203,13 @@ pub(crate) fn signed_meta_post(tenant: &str, body: &[u8]) -> Request<Body> {
     meta_post(tenant, body, Some(&sig))
 }
 
-/// A Meta body with one text message per id, from contact 16505551234.
+/// A Meta body with one text message per id, from contact 16505551234, to acme's number.
 pub(crate) fn meta_text_body(ids: &[&str]) -> Vec<u8> {
+    meta_text_body_to("106540352242922", ids)
+}
+
+/// [`meta_text_body`] for the business number `phone_number_id` (slow's is 200).
+pub(crate) fn meta_text_body_to(phone_number_id: &str, ids: &[&str]) -> Vec<u8> {
     let messages: Vec<_> = ids
         .iter()
         .map(|id| {
@@ -213,7 +218,7 @@ pub(crate) fn meta_text_body(ids: &[&str]) -> Vec<u8> {
         })
         .collect();
     serde_json::to_vec(&serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
-        {"field": "messages", "value": {"metadata": {"phone_number_id": "106540352242922"},
+        {"field": "messages", "value": {"metadata": {"phone_number_id": phone_number_id},
         "contacts": [{"profile": {"name": "Sheena"}, "wa_id": "16505551234"}], "messages": messages}}]}]}))
     .unwrap()
 }
@@ -227,7 +232,42 @@ pub(crate) fn form(params: &[(&str, &str)]) -> (Vec<(String, String)>, String) {
     (owned, body)
 }
 
+/// The account and business number of each Twilio tenant of [`TENANTS`].
+pub(crate) fn twilio_account(tenant: &str) -> (&'static str, &'static str) {
+    match tenant {
+        "twonly" => (
+            "AC00000000000000000000000000000001",
+            "whatsapp:+14155238887",
+        ),
+        _ => (
+            "AC00000000000000000000000000000000",
+            "whatsapp:+14155238886",
+        ),
+    }
+}
+
+/// A signed Twilio post to `tenant`, with the routing fields Twilio always sends added where
+/// `params` leaves them out: `AccountSid`, and the tenant's number as `To` of an inbound message
+/// or `From` of a status callback.
 pub(crate) fn twilio_post(tenant: &str, params: &[(&str, &str)]) -> Request<Body> {
+    let (account, number) = twilio_account(tenant);
+    let mut params = params.to_vec();
+    let has = |params: &[(&str, &str)], name: &str| params.iter().any(|(k, _)| *k == name);
+    if !has(&params, "AccountSid") {
+        params.push(("AccountSid", account));
+    }
+    let status = params
+        .iter()
+        .any(|(k, v)| *k == "MessageStatus" && !matches!(*v, "received" | "receiving"));
+    let business_side = if status { "From" } else { "To" };
+    if !has(&params, business_side) {
+        params.push((business_side, number));
+    }
+    twilio_post_exactly(tenant, &params)
+}
+
+/// A signed Twilio post to `tenant` with exactly `params`.
+pub(crate) fn twilio_post_exactly(tenant: &str, params: &[(&str, &str)]) -> Request<Body> {
     let path = format!("/webhooks/twilio/{tenant}");
     let (owned, body) = form(params);
     let sig = fleet_providers::twilio::webhook::sign(

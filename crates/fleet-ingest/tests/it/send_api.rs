@@ -72,6 +72,38 @@ async fn the_same_idempotency_key_returns_the_same_id_and_enqueues_once() {
 }
 
 #[tokio::test]
+async fn an_idempotency_key_reused_with_another_body_is_refused_with_422() {
+    let t = TestApp::new().await;
+    let first = t
+        .send(send_api(
+            Some("acme-token"),
+            Some("order-7"),
+            &json!({"to": "14155550100", "text": "your order shipped"}),
+        ))
+        .await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    let reused = t
+        .send(send_api(
+            Some("acme-token"),
+            Some("order-7"),
+            &json!({"to": "14155550100", "text": "your order was cancelled"}),
+        ))
+        .await;
+    assert_eq!(
+        reused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reused.body
+    );
+    assert!(
+        !reused.body.contains("cancelled") && !reused.body.contains("14155550100"),
+        "the answer repeats neither body: {}",
+        reused.body
+    );
+    assert_eq!(t.outbound_backlog().await, 1, "the second body is not sent");
+}
+
+#[tokio::test]
 async fn every_bad_request_is_refused_with_nothing_enqueued() {
     let t = TestApp::new().await;
     let ok = json!({"to": "+14155550100", "text": "hi"});

@@ -21,7 +21,7 @@ const INBOUND: &[(&str, &str)] = &[
     ),
     ("MediaContentType0", "image/jpeg"),
     ("ProfileName", "Alice"),
-    ("To", "whatsapp:+14155550199"),
+    ("To", "whatsapp:+14155238886"),
     ("WaId", "14155550100"),
 ];
 
@@ -43,7 +43,7 @@ async fn an_inbound_message_is_enqueued_and_answered_with_empty_twiml() {
         panic!("message")
     };
     assert_eq!(m.contact, "14155550100");
-    assert_eq!(m.business_number, "14155550199");
+    assert_eq!(m.business_number, "14155238886");
     assert_eq!(m.text.as_deref(), Some("Hello 👋"));
     assert_eq!(m.kind, "image");
     assert_eq!(m.media[0].mime_type.as_deref(), Some("image/jpeg"));
@@ -179,24 +179,120 @@ async fn bad_twilio_requests_are_refused_with_nothing_enqueued() {
 }
 
 #[tokio::test]
-async fn without_a_public_url_the_signature_covers_the_host() {
-    let t = TestApp::with_config(|c| c.public_url = None).await;
+async fn the_host_header_never_chooses_the_signed_url() {
+    let t = TestApp::new().await;
     let (owned, body) = form(INBOUND);
-    let url = "https://ingest.internal:8443/webhooks/twilio/acme?source=wa";
+    // Signed for the URL the caller claims in Host, not for FLEET_PUBLIC_URL.
+    let url = "https://evil.example.com/webhooks/twilio/acme";
     let sig = fleet_providers::twilio::webhook::sign(TWILIO_TOKEN.as_bytes(), url, &owned);
-    let request = |host: &str| {
-        Request::post("/webhooks/twilio/acme?source=wa")
-            .header("host", host)
-            .header("x-twilio-signature", sig.clone())
-            .body(Body::from(body.clone()))
-            .unwrap()
-    };
+    let reply = t
+        .send(
+            Request::post("/webhooks/twilio/acme")
+                .header("host", "evil.example.com")
+                .header("x-forwarded-proto", "https")
+                .header("x-twilio-signature", sig)
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
+    t.assert_nothing_enqueued("signed for the Host header")
+        .await;
+}
+
+#[tokio::test]
+async fn without_a_public_url_a_twilio_webhook_is_not_taken() {
+    // Start refuses this configuration (`IngestConfig::check_tenants`); a tenants reload that
+    // adds a Twilio tenant to an ingest started without one gets here.
+    let t = TestApp::with_config(|c| c.public_url = None).await;
+    let reply = t.send(twilio_post("acme", INBOUND)).await;
     assert_eq!(
-        t.send(request("evil.example.com")).await.status,
-        StatusCode::UNAUTHORIZED
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
     );
-    t.assert_nothing_enqueued("other host").await;
-    let ok = t.send(request("ingest.internal:8443")).await;
-    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
-    assert_eq!(t.inbound_backlog().await, 1);
+    t.assert_nothing_enqueued("no public url").await;
+}
+
+#[tokio::test]
+async fn a_request_for_another_account_or_number_is_refused() {
+    let t = TestApp::new().await;
+    let with = |name: &'static str, value: &'static str| -> Vec<(&'static str, &'static str)> {
+        let mut params: Vec<(&str, &str)> = INBOUND
+            .iter()
+            .filter(|(k, _)| *k != name)
+            .copied()
+            .collect();
+        params.push((name, value));
+        params
+    };
+    let cases = [
+        (
+            "another account",
+            with("AccountSid", "AC00000000000000000000000000000001"),
+        ),
+        ("another number", with("To", "whatsapp:+14155238887")),
+        (
+            "no account",
+            INBOUND
+                .iter()
+                .filter(|(k, _)| *k != "AccountSid")
+                .copied()
+                .collect(),
+        ),
+    ];
+    for (case, params) in cases {
+        let reply = t.send(twilio_post_exactly("acme", &params)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{case}: {}",
+            reply.body
+        );
+        assert!(
+            !reply.body.contains("14155"),
+            "{case}: no number in the answer"
+        );
+    }
+    // A status callback for the tenant's account sent from another number.
+    let status = [
+        ("AccountSid", "AC00000000000000000000000000000000"),
+        ("MessageSid", "SM9"),
+        ("MessageStatus", "delivered"),
+        ("From", "whatsapp:+14155238887"),
+        ("To", "whatsapp:+15550002"),
+    ];
+    let reply = t.send(twilio_post_exactly("acme", &status)).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::FORBIDDEN,
+        "status: {}",
+        reply.body
+    );
+    t.assert_nothing_enqueued("misrouted").await;
+}
+
+#[tokio::test]
+async fn an_oversized_or_field_bomb_form_is_refused_before_its_signature() {
+    let t = TestApp::new().await;
+    // Unsigned, as an attacker would send it: refused by size or field count, never decoded.
+    let bomb = "a&".repeat(fleet_providers::twilio::webhook::FORM_FIELDS_MAX + 1);
+    let big = "a".repeat(fleet_ingest::IngestConfig::default().small_body_limit + 1);
+    for (case, body) in [("field bomb", bomb), ("over 64 KiB", big)] {
+        let reply = t
+            .send(
+                Request::post("/webhooks/twilio/acme")
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{case}: {}",
+            reply.body
+        );
+    }
+    t.assert_nothing_enqueued("form bombs").await;
 }

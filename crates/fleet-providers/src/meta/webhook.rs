@@ -353,7 +353,9 @@ pub struct ErrorObject {
     pub title: Option<String>,
 }
 
-/// Why a body that passed the signature check cannot be accepted (answered 400).
+/// Why one message, status or change of a body that passed the signature check cannot be
+/// accepted. Each is counted and skipped: the rest of the body is enqueued (Meta redelivers a
+/// refused body for days, and a malformed item would never become well-formed).
 #[derive(Debug, thiserror::Error)]
 pub enum NormalizeError {
     /// Not JSON, or not the webhook's shape.
@@ -374,7 +376,7 @@ impl NormalizeError {
     /// A short, bounded label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            NormalizeError::Json(_) => "malformed_json",
+            NormalizeError::Json(_) => "malformed_change",
             NormalizeError::MessageWithoutId | NormalizeError::MessageWithoutSender => {
                 "malformed_message"
             }
@@ -393,6 +395,21 @@ pub struct Normalized {
     pub other_fields: u64,
     /// Statuses with a status word we do not know (counted, not enqueued).
     pub unknown_statuses: u64,
+    /// `messages` changes for another business number than the tenant's (skipped, with every
+    /// message and status in them).
+    pub misrouted_changes: u64,
+    /// Messages, statuses and change values that cannot be read (skipped), and the first one's
+    /// reason.
+    pub malformed: u64,
+    /// Why the first malformed item was skipped.
+    pub first_malformed: Option<&'static str>,
+}
+
+impl Normalized {
+    fn skip(&mut self, error: &NormalizeError) {
+        self.malformed += 1;
+        self.first_malformed.get_or_insert(error.reason());
+    }
 }
 
 /// Parses a webhook body (after its signature was verified).
@@ -402,12 +419,18 @@ pub fn parse(raw_body: &[u8]) -> Result<Payload<'_>, serde_json::Error> {
 
 /// Normalizes a parsed body into one [`InboundEvent`] per message and per status.
 ///
+/// With `business` set (the tenant's `phone_number_id`), a `messages` change whose
+/// `metadata.phone_number_id` is another (or missing) is skipped and counted in
+/// `misrouted_changes`: the app secret is per Meta app, and two tenants on one app would
+/// otherwise each accept the other's messages. A message, status or change value that cannot be
+/// read is skipped and counted in `malformed`; the others are kept.
 /// `received_at_ms` stamps every event, and stands in for a missing or unreadable timestamp.
 pub fn normalize(
     tenant: &str,
+    business: Option<&str>,
     payload: &Payload<'_>,
     received_at_ms: i64,
-) -> Result<Normalized, NormalizeError> {
+) -> Normalized {
     let mut out = Normalized::default();
     let fallback_ts = received_at_ms / 1000;
     for entry in &payload.entry {
@@ -417,24 +440,34 @@ pub fn normalize(
                 continue;
             }
             let Some(raw) = change.value else { continue };
-            let value: ChangeValue = serde_json::from_str(raw.get())?;
+            let value: ChangeValue = match serde_json::from_str(raw.get()) {
+                Ok(value) => value,
+                Err(e) => {
+                    out.skip(&NormalizeError::Json(e));
+                    continue;
+                }
+            };
             let business_number = value.metadata.phone_number_id.clone().unwrap_or_default();
+            if business.is_some_and(|ours| ours != business_number) {
+                out.misrouted_changes += 1;
+                continue;
+            }
             for message in &value.messages {
-                let event =
-                    normalize_message(message, &value.contacts, &business_number, fallback_ts)?;
-                out.events.push(InboundEvent {
-                    tenant: tenant.to_owned(),
-                    provider: Provider::Meta,
-                    received_at_ms,
-                    body: InboundBody::Message(event),
-                });
+                match normalize_message(message, &value.contacts, &business_number, fallback_ts) {
+                    Ok(event) => out.events.push(InboundEvent {
+                        tenant: tenant.to_owned(),
+                        provider: Provider::Meta,
+                        received_at_ms,
+                        body: InboundBody::Message(event),
+                    }),
+                    Err(e) => out.skip(&e),
+                }
             }
             for status in &value.statuses {
-                let id = status
-                    .id
-                    .clone()
-                    .filter(|s| !s.is_empty())
-                    .ok_or(NormalizeError::StatusWithoutId)?;
+                let Some(id) = status.id.clone().filter(|s| !s.is_empty()) else {
+                    out.skip(&NormalizeError::StatusWithoutId);
+                    continue;
+                };
                 let Some(word) = status
                     .status
                     .as_deref()
@@ -471,7 +504,7 @@ pub fn normalize(
             }
         }
     }
-    Ok(out)
+    out
 }
 
 fn normalize_message(
@@ -756,7 +789,7 @@ mod tests {
     #[test]
     fn normalizes_messages_and_statuses() {
         let payload = parse(TEXT_AND_STATUSES.as_bytes()).unwrap();
-        let out = normalize("acme", &payload, 1_749_416_500_123).unwrap();
+        let out = normalize("acme", None, &payload, 1_749_416_500_123);
         assert_eq!(out.events.len(), 4);
         assert_eq!(out.other_fields, 0);
         assert!(
@@ -825,7 +858,7 @@ mod tests {
             {"value":{"metadata":{"phone_number_id":"P2"},"messages":[
               {"from":"3","id":"m3","timestamp":"4","type":"text","text":{"body":"c"}}]},"field":"messages"},
             {"field":"message_template_status_update","value":{"event":"APPROVED","messages":"not an array"}}]}]}"#;
-        let out = normalize("t", &parse(body.as_bytes()).unwrap(), 0).unwrap();
+        let out = normalize("t", None, &parse(body.as_bytes()).unwrap(), 0);
         let ids: Vec<_> = out
             .events
             .iter()
@@ -841,7 +874,7 @@ mod tests {
         let body = r#"{"entry":[{"changes":[{"field":"messages","value":{
           "contacts":[{"profile":{"name":"Ana","username":"ana"},"user_id":"US.123"}],
           "messages":[{"from_user_id":"US.123","id":"wamid.U","timestamp":"5","type":"text","text":{"body":"hi"}}]}}]}]}"#;
-        let out = normalize("t", &parse(body.as_bytes()).unwrap(), 9_000).unwrap();
+        let out = normalize("t", None, &parse(body.as_bytes()).unwrap(), 9_000);
         let m = expect_message(&out.events[0]);
         assert_eq!(m.contact, "US.123");
         assert_eq!(m.profile_name.as_deref(), Some("Ana"));
@@ -854,7 +887,7 @@ mod tests {
           {"from":"1","id":"x2","type":"interactive","interactive":{"type":"list_reply","list_reply":{"id":"r1","title":"Red"}}},
           {"from":"1","id":"x3","type":"button","button":{"text":"Yes","payload":"YES"}},
           {"from":"1","id":"x4","type":"request_welcome"}]}}]}]}"#;
-        let out = normalize("t", &parse(body.as_bytes()).unwrap(), 7_000).unwrap();
+        let out = normalize("t", None, &parse(body.as_bytes()).unwrap(), 7_000);
         let kinds: Vec<_> = out
             .events
             .iter()
@@ -878,36 +911,65 @@ mod tests {
     fn unknown_status_words_are_counted_not_enqueued() {
         let body = r#"{"entry":[{"changes":[{"field":"messages","value":{"statuses":[
           {"id":"w1","status":"teleported","timestamp":"1"},{"id":"w1","status":"played","timestamp":"2"}]}}]}]}"#;
-        let out = normalize("t", &parse(body.as_bytes()).unwrap(), 0).unwrap();
+        let out = normalize("t", None, &parse(body.as_bytes()).unwrap(), 0);
         assert_eq!(out.unknown_statuses, 1);
         assert_eq!(out.events.len(), 1);
         assert_eq!(expect_status(&out.events[0]).status, DeliveryStatus::Read);
     }
 
     #[test]
-    fn malformed_bodies_are_errors() {
+    fn one_malformed_item_skips_itself_not_the_body() {
         assert!(parse(b"not json").is_err());
         assert!(parse(br#"{"entry":{}}"#).is_err());
-        let no_id = br#"{"entry":[{"changes":[{"field":"messages","value":{"messages":[{"from":"1","type":"text"}]}}]}]}"#;
-        assert!(matches!(
-            normalize("t", &parse(no_id).unwrap(), 0),
-            Err(NormalizeError::MessageWithoutId)
-        ));
-        let no_from = br#"{"entry":[{"changes":[{"field":"messages","value":{"messages":[{"id":"1","type":"text"}]}}]}]}"#;
-        assert!(matches!(
-            normalize("t", &parse(no_from).unwrap(), 0),
-            Err(NormalizeError::MessageWithoutSender)
-        ));
-        let bad_value =
-            br#"{"entry":[{"changes":[{"field":"messages","value":{"messages":"nope"}}]}]}"#;
-        assert!(matches!(
-            normalize("t", &parse(bad_value).unwrap(), 0),
-            Err(NormalizeError::Json(_))
-        ));
-        let bad_status = br#"{"entry":[{"changes":[{"field":"messages","value":{"statuses":[{"status":"read"}]}}]}]}"#;
-        assert!(matches!(
-            normalize("t", &parse(bad_status).unwrap(), 0),
-            Err(NormalizeError::StatusWithoutId)
-        ));
+        let cases: [(&[u8], &str); 4] = [
+            (
+                br#"{"entry":[{"changes":[{"field":"messages","value":{"messages":[{"from":"1","type":"text"},{"id":"ok","from":"2"}]}}]}]}"#,
+                "malformed_message",
+            ),
+            (
+                br#"{"entry":[{"changes":[{"field":"messages","value":{"messages":[{"id":"1","type":"text"},{"id":"ok","from":"2"}]}}]}]}"#,
+                "malformed_message",
+            ),
+            (
+                br#"{"entry":[{"changes":[{"field":"messages","value":{"messages":"nope"}},{"field":"messages","value":{"messages":[{"id":"ok","from":"2"}]}}]}]}"#,
+                "malformed_change",
+            ),
+            (
+                br#"{"entry":[{"changes":[{"field":"messages","value":{"statuses":[{"status":"read"}],"messages":[{"id":"ok","from":"2"}]}}]}]}"#,
+                "malformed_status",
+            ),
+        ];
+        for (body, reason) in cases {
+            let out = normalize("t", None, &parse(body).unwrap(), 0);
+            assert_eq!(
+                (out.malformed, out.first_malformed, out.events.len()),
+                (1, Some(reason), 1),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn a_change_for_another_business_number_is_skipped_and_counted() {
+        let body = br#"{"entry":[{"changes":[
+            {"field":"messages","value":{"metadata":{"phone_number_id":"P1"},"messages":[{"id":"m1","from":"1"}]}},
+            {"field":"messages","value":{"metadata":{"phone_number_id":"P2"},"messages":[{"id":"m2","from":"1"}],"statuses":[{"id":"s2","status":"read"}]}},
+            {"field":"messages","value":{"messages":[{"id":"m3","from":"1"}]}}
+        ]}]}"#;
+        let payload = parse(body).unwrap();
+        let out = normalize("t", Some("P1"), &payload, 0);
+        assert_eq!(out.misrouted_changes, 2, "another number, and none at all");
+        let ids: Vec<_> = out
+            .events
+            .iter()
+            .map(|e| e.provider_message_id().to_owned())
+            .collect();
+        assert_eq!(ids, ["m1"]);
+        let unchecked = normalize("t", None, &payload, 0);
+        assert_eq!(
+            (unchecked.misrouted_changes, unchecked.events.len()),
+            (0, 4)
+        );
     }
 }

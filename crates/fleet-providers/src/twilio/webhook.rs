@@ -139,9 +139,92 @@ fn with_default_port(url: &str) -> Option<String> {
     Some(format!("{scheme}://{authority}:{port}{rest}"))
 }
 
-/// Decodes a form body into its pairs, keeping repeated names and order.
-pub fn parse_form(raw_body: &[u8]) -> Result<Vec<(String, String)>, serde_urlencoded::de::Error> {
-    serde_urlencoded::from_bytes(raw_body)
+/// Most fields accepted in one form. Twilio's WhatsApp webhooks carry about 25, and 45 more with
+/// ten media; the cap keeps an unsigned `a&a&a...` body from costing a string pair per byte
+/// before its signature can be checked (the signature covers the decoded pairs, so the form must
+/// be split first).
+pub const FORM_FIELDS_MAX: usize = 256;
+
+/// Why a form body could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FormError {
+    /// More than [`FORM_FIELDS_MAX`] fields.
+    #[error("form with more than {FORM_FIELDS_MAX} fields")]
+    TooManyFields,
+    /// Not `application/x-www-form-urlencoded` text.
+    #[error("malformed form body")]
+    Malformed,
+}
+
+impl FormError {
+    /// A short, bounded label for metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            FormError::TooManyFields => "too_many_fields",
+            FormError::Malformed => "malformed_form",
+        }
+    }
+}
+
+/// Decodes a form body into its pairs, keeping repeated names and order; the fields are counted
+/// (one pass over the bytes, no allocation) before any is decoded.
+pub fn parse_form(raw_body: &[u8]) -> Result<Vec<(String, String)>, FormError> {
+    let fields = raw_body.split(|b| *b == b'&').count();
+    if fields > FORM_FIELDS_MAX {
+        return Err(FormError::TooManyFields);
+    }
+    serde_urlencoded::from_bytes(raw_body).map_err(|_| FormError::Malformed)
+}
+
+/// Why a verified request does not belong to the tenant whose URL it was posted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Misrouted {
+    /// `AccountSid` is missing or another account's.
+    #[error("AccountSid is not the tenant's account")]
+    Account,
+    /// The business side of the message (`To` of an inbound message, `From` of a status
+    /// callback) is missing or not the tenant's number.
+    #[error("the business number is not the tenant's")]
+    Number,
+}
+
+/// Checks that a verified request is for `account_sid` and the business number `from` (as
+/// configured, `whatsapp:+1...`): `AccountSid` must be the account, and the business side of the
+/// message the number: `To` of an inbound message, `From` of a status callback.
+///
+/// The signature alone does not prove this: every subaccount of one parent, or two tenants
+/// configured with one auth token, sign alike.
+pub fn check_routing(
+    params: &[(String, String)],
+    account_sid: &str,
+    from: &str,
+) -> Result<(), Misrouted> {
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if get("AccountSid") != Some(account_sid) {
+        return Err(Misrouted::Account);
+    }
+    let business = if is_status_callback(params) {
+        get("From")
+    } else {
+        get("To")
+    };
+    match business {
+        Some(number) if address(number) == address(from) => Ok(()),
+        _ => Err(Misrouted::Number),
+    }
+}
+
+/// Whether the form is a status callback (a `MessageStatus` other than the inbound `received`
+/// and `receiving`) rather than an inbound message.
+fn is_status_callback(params: &[(String, String)]) -> bool {
+    params.iter().any(|(k, v)| {
+        k == "MessageStatus" && !v.is_empty() && !matches!(v.as_str(), "received" | "receiving")
+    })
 }
 
 /// Why a verified form cannot be accepted (answered 400).
@@ -594,6 +677,65 @@ mod tests {
         assert!(
             parse_form(b"a=%ZZ&b").is_ok(),
             "form decoding is lenient like Twilio's own"
+        );
+    }
+
+    #[test]
+    fn a_form_past_the_field_cap_is_refused_before_decoding() {
+        let at_cap = vec!["a=1"; FORM_FIELDS_MAX].join("&");
+        assert_eq!(
+            parse_form(at_cap.as_bytes()).unwrap().len(),
+            FORM_FIELDS_MAX
+        );
+        let bomb = "a&".repeat(FORM_FIELDS_MAX);
+        assert_eq!(
+            parse_form(bomb.as_bytes()).unwrap_err(),
+            FormError::TooManyFields
+        );
+    }
+
+    #[test]
+    fn routing_needs_the_tenants_account_and_number() {
+        let (account, number) = ("AC1", "whatsapp:+14155238886");
+        let inbound = |sid: &str, to: &str| {
+            pairs(&[
+                ("AccountSid", sid),
+                ("MessageSid", "SM1"),
+                ("From", "whatsapp:+15550001"),
+                ("To", to),
+            ])
+        };
+        assert_eq!(
+            check_routing(&inbound("AC1", "whatsapp:+14155238886"), account, number),
+            Ok(())
+        );
+        assert_eq!(
+            check_routing(&inbound("AC2", "whatsapp:+14155238886"), account, number),
+            Err(Misrouted::Account)
+        );
+        assert_eq!(
+            check_routing(&inbound("AC1", "whatsapp:+14155238887"), account, number),
+            Err(Misrouted::Number)
+        );
+        let no_account = pairs(&[("MessageSid", "SM1"), ("To", number)]);
+        assert_eq!(
+            check_routing(&no_account, account, number),
+            Err(Misrouted::Account)
+        );
+        // A status callback's business side is its From; To is the customer.
+        let status = |from: &str| {
+            pairs(&[
+                ("AccountSid", "AC1"),
+                ("MessageSid", "SM1"),
+                ("MessageStatus", "delivered"),
+                ("From", from),
+                ("To", "whatsapp:+15550001"),
+            ])
+        };
+        assert_eq!(check_routing(&status(number), account, number), Ok(()));
+        assert_eq!(
+            check_routing(&status("whatsapp:+15550009"), account, number),
+            Err(Misrouted::Number)
         );
     }
 }

@@ -149,3 +149,49 @@ async fn zero_max_attempts_is_rejected() {
         Err(Error::Invalid(_))
     ));
 }
+
+#[tokio::test]
+async fn a_key_reused_with_another_fingerprint_is_a_conflict_not_a_duplicate() {
+    let t = TestQueue::new().await;
+    let with = |fp: &str| EnqueueOptions::default().idempotent_with_fingerprint("api:k1", fp);
+    let first = t.queue.enqueue(&"x", &with("aaaa")).await.unwrap();
+    let same = t.queue.enqueue(&"x", &with("aaaa")).await.unwrap();
+    let other = t.queue.enqueue(&"y", &with("bbbb")).await.unwrap();
+    assert!(!first.duplicate && !first.conflict);
+    assert!(same.duplicate && !same.conflict, "the same request again");
+    assert!(
+        other.duplicate && other.conflict,
+        "another request, same key"
+    );
+    assert_eq!(
+        (same.job_id.clone(), other.job_id.clone()),
+        (first.job_id.clone(), first.job_id.clone()),
+        "the first job's id, without the fingerprint"
+    );
+    // Without a fingerprint the key still deduplicates, and never conflicts.
+    let plain = t
+        .queue
+        .enqueue(&"z", &EnqueueOptions::default().idempotent("api:k1"))
+        .await
+        .unwrap();
+    assert!(plain.duplicate && !plain.conflict);
+    // A batch sees the key as a duplicate of the first job.
+    let batch = t
+        .queue
+        .enqueue_batch(&[(
+            "z".to_owned(),
+            EnqueueOptions::default().idempotent("api:k1"),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(batch[0].job_id, first.job_id);
+    assert_eq!(t.queue.backlog().await.unwrap(), 1);
+    // Fingerprints are for single enqueues, and never hold a space.
+    assert!(
+        t.queue
+            .enqueue_batch(&[("z".to_owned(), with("cccc"))])
+            .await
+            .is_err()
+    );
+    assert!(t.queue.enqueue(&"z", &with("a b")).await.is_err());
+}
