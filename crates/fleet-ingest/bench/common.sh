@@ -38,3 +38,51 @@ start_redis() {
   fi
   echo "redis: appendonly ${BENCH_AOF:-yes}, appendfsync ${BENCH_FSYNC:-everysec}, replica: ${BENCH_REPLICA:-0}"
 }
+
+# BENCH_IDLE=N: N idle sockets held open against ingest during the run, opened $2 seconds after
+# the call (after the load generator has its connections), sending nothing: the slow-header
+# attack's shape. They take connection slots until the header deadline closes them; the line
+# printed at exit says how many the server closed.
+start_idle_sockets() {
+  local addr=$1 delay=$2
+  [[ -n ${BENCH_IDLE:-} ]] || return 0
+  python3 - "$addr" "$delay" "$BENCH_IDLE" >"$work/idle.txt" 2>&1 <<'PY' &
+import signal, socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+delay, count = float(sys.argv[2]), int(sys.argv[3])
+time.sleep(delay)
+held = []
+for _ in range(count):
+    s = socket.socket()
+    s.settimeout(1.0)
+    try:
+        s.connect((host, int(port)))
+        s.setblocking(False)
+        held.append(s)
+    except OSError:
+        s.close()
+def report(*_):
+    closed = 0
+    for s in held:
+        try:
+            if s.recv(1) == b"":
+                closed += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed += 1
+    print(f"idle sockets: {len(held)} opened, {closed} closed by the server")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, report)
+while True:
+    time.sleep(1)
+PY
+  idle_pid=$!
+}
+
+# Stops the idle sockets and prints their line.
+stop_idle_sockets() {
+  [[ -n ${idle_pid:-} ]] || return 0
+  kill -TERM "$idle_pid" 2>/dev/null && wait "$idle_pid" 2>/dev/null || true
+  cat "$work/idle.txt"
+}

@@ -4,6 +4,7 @@
 # processes (see README.md in this folder).
 #
 # Usage: crates/fleet-ingest/bench/run.sh [connections] [seconds] [wrk threads]
+#        (BENCH_IDLE=1000: also hold 1,000 idle sockets open from 1 s in; see common.sh)
 # Needs: wrk, redis-server, python3; run from the repository root after
 #        `cargo build --release -p fleet-ingest`.
 set -euo pipefail
@@ -59,8 +60,10 @@ redis-cli -p "$port" config resetstat >/dev/null
 if [[ -n ${BENCH_PERF:-} ]]; then
   perf record -F 499 --call-graph dwarf,16384 -o "$BENCH_PERF" -p "$ingest_pid" -- sleep "$seconds" >/dev/null 2>&1 &
 fi
+start_idle_sockets 127.0.0.1:18080 1
 (cd "$bench_dir" && wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency -s meta.lua \
   http://127.0.0.1:18080 -- "$work/bodies.txt" acme "$threads") | tee "$work/wrk.txt"
+stop_idle_sockets
 ingest_after=$(cpu_ticks "$ingest_pid")
 redis_after=$(redis_cpu)
 accepted_after=$(accepted)
