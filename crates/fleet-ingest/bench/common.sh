@@ -39,18 +39,24 @@ start_redis() {
   echo "redis: appendonly ${BENCH_AOF:-yes}, appendfsync ${BENCH_FSYNC:-everysec}, replica: ${BENCH_REPLICA:-0}"
 }
 
-# BENCH_IDLE=N: N idle sockets held open against ingest during the run, opened $2 seconds after
-# the call (after the load generator has its connections), sending nothing: the slow-header
-# attack's shape. They take connection slots until the header deadline closes them; the line
-# printed at exit says how many the server closed.
+# BENCH_IDLE=N: N idle sockets held open against ingest during the run, sending nothing (the
+# slow-header attack's shape), opened once ingest has $3 connections open (the load generator's,
+# read from its admin address $2), so they measure what idle sockets cost the load already
+# connected. They hold connection slots until the header deadline closes them; the line printed
+# at exit says how many the server closed.
 start_idle_sockets() {
-  local addr=$1 delay=$2
+  local addr=$1 admin=$2 connected=$3
   [[ -n ${BENCH_IDLE:-} ]] || return 0
-  python3 - "$addr" "$delay" "$BENCH_IDLE" >"$work/idle.txt" 2>&1 <<'PY' &
-import signal, socket, sys, time
+  python3 - "$addr" "$admin" "$connected" "$BENCH_IDLE" >"$work/idle.txt" 2>&1 <<'PY' &
+import re, signal, socket, sys, time, urllib.request
 host, port = sys.argv[1].rsplit(":", 1)
-delay, count = float(sys.argv[2]), int(sys.argv[3])
-time.sleep(delay)
+admin, connected, count = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for _ in range(600):
+    page = urllib.request.urlopen(f"http://{admin}/metrics").read().decode()
+    m = re.search(r"^fleet_ingest_open_connections (\d+)", page, re.M)
+    if m and int(m.group(1)) >= connected:
+        break
+    time.sleep(0.1)
 held = []
 for _ in range(count):
     s = socket.socket()

@@ -6,7 +6,7 @@
 # queueing in ingest cannot hide (wrk, closed-loop, would wait for answers before sending more).
 #
 # Usage: crates/fleet-ingest/bench/open-loop.sh [rate] [seconds]
-#        (BENCH_IDLE=1000: also hold 1,000 idle sockets open from 3 s in; see common.sh)
+#        (BENCH_IDLE=1000: also hold 1,000 idle sockets open once the generator has 8 connections; see common.sh)
 # Needs: redis-server; run from the repository root after
 #        `cargo build --release -p fleet-ingest -p fleet-loadgen`.
 set -euo pipefail
@@ -28,7 +28,7 @@ FLEET_PUBLIC_URL=http://127.0.0.1:18081 FLEET_LOG_FORMAT=json RUST_LOG=info \
 ingest_pid=$!
 wait_for curl -sf http://127.0.0.1:19091/readyz
 
-start_idle_sockets 127.0.0.1:18081 3
+start_idle_sockets 127.0.0.1:18081 127.0.0.1:19091 8
 target/release/fleet-loadgen run --case loadtest/cases/load/case.toml --rate "$rate" \
   --duration "$seconds" --tenants "$work/tenants.toml" --target http://127.0.0.1:18081 \
   --prefix bench --out-dir loadtest/results --no-progress --watch "fleet-ingest=$ingest_pid" \

@@ -4,7 +4,7 @@
 # processes (see README.md in this folder).
 #
 # Usage: crates/fleet-ingest/bench/run.sh [connections] [seconds] [wrk threads]
-#        (BENCH_IDLE=1000: also hold 1,000 idle sockets open from 1 s in; see common.sh)
+#        (BENCH_IDLE=1000: also hold 1,000 idle sockets open once wrk is connected; see common.sh)
 # Needs: wrk, redis-server, python3; run from the repository root after
 #        `cargo build --release -p fleet-ingest`.
 set -euo pipefail
@@ -60,7 +60,7 @@ redis-cli -p "$port" config resetstat >/dev/null
 if [[ -n ${BENCH_PERF:-} ]]; then
   perf record -F 499 --call-graph dwarf,16384 -o "$BENCH_PERF" -p "$ingest_pid" -- sleep "$seconds" >/dev/null 2>&1 &
 fi
-start_idle_sockets 127.0.0.1:18080 1
+start_idle_sockets 127.0.0.1:18080 127.0.0.1:19090 "$connections"
 (cd "$bench_dir" && wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency -s meta.lua \
   http://127.0.0.1:18080 -- "$work/bodies.txt" acme "$threads") | tee "$work/wrk.txt"
 stop_idle_sockets
@@ -72,8 +72,11 @@ n=$((accepted_after - accepted_before))
 [[ -n ${BENCH_COMMANDSTATS:-} ]] && redis-cli -p "$port" info commandstats | grep -v "^#"
 # Entries on every stream of this dedicated Redis: only ingest writes to it, and the key names are
 # fleet-queue's to know.
-xlen=$(redis-cli -p "$port" --scan --type stream |
-  while read -r key; do redis-cli -p "$port" xlen "$key"; done | awk '{s += $1} END {print s + 0}')
+# (`--scan --type` needs redis-cli 7.4: the types are asked in one pipelined session instead.)
+redis-cli -p "$port" --scan >"$work/keys.txt"
+sed 's/^/TYPE /' "$work/keys.txt" | redis-cli -p "$port" >"$work/types.txt"
+xlen=$(paste "$work/keys.txt" "$work/types.txt" | awk '$2 == "stream" {print "XLEN " $1}' |
+  redis-cli -p "$port" | awk '{s += $1} END {print s + 0}')
 hwm=$(awk '/^VmHWM/ {print $2 " " $3}' "/proc/$ingest_pid/status")
 awk -v n="$n" -v i0="$ingest_before" -v i1="$ingest_after" -v r0="$redis_before" -v r1="$redis_after" \
   -v xlen="$xlen" -v hwm="$hwm" -v rpid="$redis_pid" 'BEGIN {
