@@ -36,9 +36,20 @@ use crate::demo::{free_port, http_status, workspace_root};
 
 /// The stalled-entry lease the suite configures (short, so a frozen worker loses it quickly).
 const LEASE: Duration = Duration::from_secs(5);
-/// Outbound's wait before resending a job whose earlier holder may have sent it (`in_doubt_wait_ms`):
-/// past the longest freeze (twice the lease), short enough for the drain to see the resend.
-const IN_DOUBT_WAIT: Duration = Duration::from_secs(20);
+/// Time a sender that is alive needs, on top of a Postgres outage and a freeze, to write the record
+/// of a send it made (its recorder's backoff, capped at a few seconds, plus the commit).
+const RECORD_SLACK: Duration = Duration::from_secs(10);
+
+/// Outbound's wait before resending a job whose earlier holder may have sent it
+/// (`in_doubt_wait_ms`). The holder may be unable to record its send for a whole Postgres outage
+/// and then be frozen (twice the lease) before it records: seed 313534 sent three replies at the
+/// start of a 10 s outage, froze their sender 2 s after it, and with a 20 s wait sent them again
+/// 20 s after the first send, the sender still frozen. So the wait covers the outage, the freeze
+/// and the slack; it stays short enough for the drain (60 s, 180 s long) to see a killed sender's
+/// job sent again. (Production's default is 300 s.)
+fn in_doubt_wait(timing: &Timing) -> Duration {
+    timing.postgres_outage + 2 * timing.lease + RECORD_SLACK
+}
 /// Outbound's HTTP timeout in the suite; the slow provider holds requests longer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the slow provider holds each request.
@@ -162,20 +173,20 @@ fn dechunk(body: &str) -> String {
 
 /// The suite's configuration file for the fleet: the short lease, outbound's HTTP timeout, and
 /// retention that trims during the run.
-fn fleet_config() -> String {
+fn fleet_config(in_doubt_wait: Duration) -> String {
     format!(
         "# Written by cargo xtask chaos: a short lease, so a frozen worker loses it within the run.\n\
          [outbound]\nrecipient_interval_ms = 1000\n\
          # A send in doubt (its holder killed between the provider's answer and its record) is\n\
-         # retried after this; longer than a freeze (twice the lease), so a frozen sender that\n\
-         # resumes is never overtaken by a second send of its job.\n\
+         # retried after this; longer than a Postgres outage and a freeze (twice the lease) back\n\
+         # to back, so a sender that resumes is never overtaken by a second send of its job.\n\
          in_doubt_wait_ms = {}\n\n\
          [outbound.http]\nrequest_timeout_ms = {}\n\n\
          [scheduler]\nmax_job_timeout = \"{}s\"\n\n\
          [scheduler.stalled]\ninterval = \"1s\"\nlease = \"{}s\"\n\n\
          # Retention trims acknowledged history during the run: queue counts must stay exact.\n\
          [scheduler.retention]\ninterval = \"5s\"\nacked_max_age = \"30s\"\nacked_max_count = 20000\n",
-        IN_DOUBT_WAIT.as_millis(),
+        in_doubt_wait.as_millis(),
         HTTP_TIMEOUT.as_millis(),
         LEASE.as_secs() - 1,
         LEASE.as_secs()
@@ -755,7 +766,7 @@ pub(crate) fn run(args: ChaosArgs) -> Result<()> {
         c
     })?;
     let config = dir.join("fleet.toml");
-    std::fs::write(&config, fleet_config())?;
+    std::fs::write(&config, fleet_config(in_doubt_wait(&timing)))?;
     crate::run({
         let mut c = Command::new(bin.join("fleetctl"));
         c.args(["--database-url", &database_url, "db", "migrate"]);
