@@ -192,6 +192,8 @@ pub struct IngestConfig {
     pub redis_url: String,
     /// Key prefix of every Redis key.
     pub key_prefix: String,
+    /// Accept a Redis whose `maxmemory-policy` may evict keys (`FLEET_ALLOW_EVICTION`).
+    pub allow_eviction: bool,
 }
 
 impl fmt::Debug for IngestConfig {
@@ -212,6 +214,7 @@ impl fmt::Debug for IngestConfig {
             .field("public_url", &self.public_url.as_deref().map(RedactedUrl))
             .field("redis_url", &RedactedUrl(&self.redis_url))
             .field("key_prefix", &self.key_prefix)
+            .field("allow_eviction", &self.allow_eviction)
             .finish()
     }
 }
@@ -234,6 +237,7 @@ impl Default for IngestConfig {
             public_url: None,
             redis_url: fleet_runtime::config::DEFAULT_REDIS_URL.to_owned(),
             key_prefix: fleet_runtime::config::DEFAULT_KEY_PREFIX.to_owned(),
+            allow_eviction: false,
         }
     }
 }
@@ -433,6 +437,7 @@ impl IngestConfig {
             public_url,
             redis_url: common.redis_url.clone(),
             key_prefix: common.key_prefix.clone(),
+            allow_eviction: common.allow_eviction,
         })
     }
 }

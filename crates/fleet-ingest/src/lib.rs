@@ -76,17 +76,21 @@ pub async fn run_with_state(
 /// Connects to Redis patiently (capped backoff) and hands the broker to the state; gives up only
 /// on shutdown or on an error that retrying cannot fix.
 async fn connect_in_background(state: AppState, shutdown: Shutdown) {
-    let (url, prefix) = (
+    let (url, prefix, allow_eviction) = (
         state.config().redis_url.clone(),
         state.config().key_prefix.clone(),
+        state.config().allow_eviction,
     );
     tokio::select! {
-        result = Broker::connect_patiently(&url, &prefix) => match result {
+        // A server found unfit here (eviction policy, version) leaves ingest answering 503 with
+        // this ERROR and `/readyz` failing: it is already serving, and exiting would only restart
+        // it against the same server.
+        result = Broker::connect_for_service(&url, &prefix, allow_eviction) => match result {
             Ok(broker) => {
                 tracing::info!("connected to redis: accepting webhooks");
                 state.set_broker(broker);
             }
-            Err(e) => tracing::error!(error = %e, "cannot connect to redis; every request is answered 503"),
+            Err(e) => tracing::error!(error = %e, "cannot use redis; every request is answered 503"),
         },
         () = shutdown.cancelled() => {}
     }

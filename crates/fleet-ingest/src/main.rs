@@ -46,7 +46,15 @@ async fn start(args: Args) -> anyhow::Result<()> {
     let ingest_addr = config.ingest_addr;
     let state = AppState::new(config, tenants);
     match Broker::connect(&common.redis_url, &common.key_prefix).await {
-        Ok(broker) => state.set_broker(broker),
+        // An unfit server (an eviction policy, too old) stops ingest here, before it serves; one
+        // gone again before it could be checked is left to the background connection.
+        Ok(broker) => match broker.check_server(common.allow_eviction).await {
+            Ok(_) => state.set_broker(broker),
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "redis not reachable yet; answering 503 until it is")
+            }
+            Err(e) => return Err(e.into()),
+        },
         Err(e) if e.is_unavailable() => {
             tracing::warn!(error = %e, "redis not reachable yet; answering 503 until it is")
         }

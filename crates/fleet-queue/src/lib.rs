@@ -17,6 +17,7 @@ mod maintenance;
 mod metrics_doc;
 mod queue;
 pub mod ratelimit;
+mod server_check;
 mod waiting;
 
 pub use broker::{Broker, COMMAND_BUFFER_LIMIT, COMMAND_TIMEOUT_DEFAULT};
@@ -34,4 +35,5 @@ pub use lease::{HEARTBEAT_CHUNK, LEASE_DEFAULT};
 pub use maintenance::{Reclaimed, Retention};
 pub use metrics_doc::describe_metrics;
 pub use queue::{BATCH_LIMIT, Clock, Enqueued, Queue, now_ms};
+pub use server_check::{MIN_REDIS_VERSION, ServerFacts, ServerProblem};
 pub use waiting::{WAITING_PAGE_ENTRIES, WAITING_PAGES_PER_READ, Waiting, WaitingBudget};

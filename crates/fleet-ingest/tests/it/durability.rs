@@ -216,3 +216,97 @@ async fn with_a_replica_the_webhook_is_answered_once_the_replica_holds_it() {
     assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(broker.queue(INBOUND_QUEUE).backlog().await.unwrap(), 3);
 }
+
+/// Runs the real binary against `redis_url` with `env`: until it exits (`wait_for` = `None`),
+/// giving its exit code, or until it logs `wait_for`, then kills it (`None`). Bounded: 20 s per
+/// line. Returns its log too.
+fn run_binary(
+    redis_url: &str,
+    env: &[(&str, &str)],
+    wait_for: Option<&str>,
+) -> (Option<i32>, String) {
+    use std::io::{BufRead, BufReader};
+    let tenants =
+        std::env::temp_dir().join(format!("fleet-ingest-evict-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&tenants, TENANTS).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-ingest"))
+        .args([
+            "--ingest-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .env_remove("FLEET_CONFIG")
+        .env_remove("FLEET_ALLOW_EVICTION")
+        .env("REDIS_URL", redis_url)
+        .env(
+            "FLEET_KEY_PREFIX",
+            format!("evict-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .env("FLEET_TENANTS", &tenants)
+        .env("FLEET_PUBLIC_URL", PUBLIC_URL)
+        .env("FLEET_LOG_FORMAT", "json")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    let mut seen = false;
+    loop {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => {
+                seen |= wait_for.is_some_and(|w| line.contains(w));
+                log.push_str(&line);
+                log.push('\n');
+                if seen {
+                    break;
+                }
+            }
+            // The process closed its stderr: it exited.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                panic!("fleet-ingest neither exited nor logged {wait_for:?} in 20 s: {log}");
+            }
+        }
+    }
+    if seen {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    let _ = std::fs::remove_file(&tenants);
+    (if seen { None } else { status.code() }, log)
+}
+
+#[tokio::test]
+async fn a_redis_that_may_evict_queued_work_is_refused_at_start_unless_allowed() {
+    let Some(redis) = PrivateRedis::start(&["--maxmemory-policy", "allkeys-lru"]).await else {
+        return;
+    };
+    // Refused: exits 1 with the reason, before listening.
+    let (code, log) = run_binary(&redis.url(), &[], None);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("allkeys-lru") && log.contains("noeviction"),
+        "{log}"
+    );
+    assert!(!log.contains("ingest listening on"), "{log}");
+
+    // Allowed: starts, with a loud warning.
+    let (code, log) = run_binary(
+        &redis.url(),
+        &[("FLEET_ALLOW_EVICTION", "1")],
+        Some("ingest listening on"),
+    );
+    assert_eq!(code, None, "it runs: {log}");
+    assert!(log.contains("redis may EVICT queued work"), "{log}");
+    assert!(log.contains("redis server checked"), "{log}");
+}

@@ -15,4 +15,5 @@ mod leases;
 mod maintenance;
 mod model;
 mod replay;
+mod server_check;
 mod waiting;

@@ -1,6 +1,10 @@
 //! A test queue under a unique prefix, whose keys are deleted when it is dropped.
 
-use std::time::Duration;
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use fleet_queue::{Broker, Consumer, ConsumerOptions, PriorityMode, Queue};
 
@@ -75,5 +79,100 @@ impl Drop for TestQueue {
             });
         })
         .join();
+    }
+}
+
+/// A `redis-server` of this test's own, with AOF `always`, in a temporary directory, which the
+/// test can kill and start again.
+pub(crate) struct PrivateRedis {
+    pub(crate) port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl PrivateRedis {
+    /// Starts one, or `None` when no `redis-server` is installed (the test then says so and
+    /// passes: it needs its own server to kill).
+    pub(crate) async fn start(extra: &[&str]) -> Option<PrivateRedis> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("redis-server is not installed: skipping the restart test");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("fleet-waiting-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = PrivateRedis {
+            port,
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        r.spawn().await;
+        Some(r)
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", self.dir.to_str().unwrap()])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        // Ready once it answers PING with PONG (not LOADING).
+        for _ in 0..500 {
+            let ok = std::process::Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "PING"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("private redis-server did not start");
+    }
+
+    /// SIGKILL, then a fresh process on the same port and files.
+    pub(crate) async fn crash_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        self.spawn().await;
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

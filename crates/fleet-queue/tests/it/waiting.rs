@@ -2,17 +2,13 @@
 //! shared Redis, and after a real restart and a real failover of a private `redis-server` this
 //! test starts (the shared one refuses `DEBUG RELOAD`, and a restart must not touch other tests).
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use fleet_core::{EnqueueOptions, Priority};
 use fleet_queue::{Broker, ConsumerOptions, GROUP_DEFAULT, Queue, Retention, WaitingBudget};
 use fred::{cmd, prelude::*, types::Value};
 
-use crate::support::{TestQueue, redis_url};
+use crate::support::{PrivateRedis, TestQueue, redis_url};
 
 async fn raw_client(url: &str) -> Client {
     let raw = Builder::from_config(Config::from_url(url).unwrap())
@@ -328,101 +324,6 @@ async fn a_large_recount_finishes_across_reads_while_workers_and_producers_go_on
     assert!(reads > 3, "the count took several reads ({reads})");
     assert_eq!(w.entries, truth(&raw, &stream).await);
     raw.quit().await.unwrap();
-}
-
-/// A `redis-server` of this test's own, with AOF `always`, in a temporary directory, which the
-/// test can kill and start again.
-struct PrivateRedis {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-    extra: Vec<String>,
-}
-
-impl PrivateRedis {
-    /// Starts one, or `None` when no `redis-server` is installed (the test then says so and
-    /// passes: it needs its own server to kill).
-    async fn start(extra: &[&str]) -> Option<PrivateRedis> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("redis-server is not installed: skipping the restart test");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("fleet-waiting-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut r = PrivateRedis {
-            port,
-            dir,
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        r.spawn().await;
-        Some(r)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--dir", self.dir.to_str().unwrap()])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        // Ready once it answers PING with PONG (not LOADING).
-        for _ in 0..500 {
-            let ok = std::process::Command::new("redis-cli")
-                .args(["-p", &self.port.to_string(), "PING"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
-                .unwrap_or(false);
-            if ok {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("private redis-server did not start");
-    }
-
-    /// SIGKILL, then a fresh process on the same port and files.
-    async fn crash_and_restart(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-        self.spawn().await;
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 async fn rewrite_aof(raw: &Client) {
