@@ -78,9 +78,16 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
                     "postgres",
                     database.check("postgres", |s: Store| async move { s.ping().await }),
                 )
+                // Not ready against a schema older than this build (a migration not run yet).
+                .with_check(
+                    "schema",
+                    database.check("postgres", |s: Store| async move { s.check_schema().await }),
+                )
         })
         .await?;
-    let connect = Broker::connect_patiently(&common.redis_url, &common.key_prefix);
+    // Refuses a Redis that may evict queued work, or is too old (fleet_queue::Broker::check_server).
+    let connect =
+        Broker::connect_for_service(&common.redis_url, &common.key_prefix, common.allow_eviction);
     let Some(broker) = service.until_stopped(connect).await? else {
         service.stop_admin().await;
         return Ok(());
@@ -99,6 +106,16 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         tracing::info!("migrations applied");
     }
     database.set(store.clone());
+    // No work against a schema older than this build: wait (readiness says why) until the
+    // migrations are applied, by `--migrate`, `fleetctl db migrate` or a deployment's Job.
+    let schema = || store.check_schema();
+    let Some(()) = service
+        .set_up("the schema", schema, StoreError::is_transient)
+        .await?
+    else {
+        service.stop_admin().await;
+        return Ok(());
+    };
 
     // The worker drains within its own timeout; the process waits a little longer for it.
     let limit = Duration::from_millis(config.drain_timeout_ms) + EXIT_MARGIN;

@@ -23,6 +23,9 @@ pub enum Error {
     /// A migration failed, or the applied migrations do not match the embedded ones.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database lacks migrations this build needs ([`crate::Store::check_schema`]).
+    #[error("{0}")]
+    SchemaBehind(String),
 }
 
 /// How a caller should react to an [`Error`].
@@ -64,6 +67,8 @@ impl Error {
                 | sqlx::migrate::MigrateError::ExecuteMigration(e, _),
             ) => classify_sqlx(e),
             Error::Migrate(_) => ErrorClass::Other,
+            // Waited out: another process (the migration Job) is expected to migrate.
+            Error::SchemaBehind(_) => ErrorClass::Transient,
         }
     }
 

@@ -25,6 +25,45 @@ pub use crate::{
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The schema of a database against this build's migrations ([`Store::schema_status`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SchemaStatus {
+    /// The newest migration this build has.
+    pub expected_latest: Option<i64>,
+    /// The newest migration applied to the database.
+    pub applied_latest: Option<i64>,
+    /// Migrations of this build not applied yet, oldest first.
+    pub pending: Vec<i64>,
+}
+
+impl SchemaStatus {
+    /// Whether every migration of this build is applied.
+    pub fn is_current(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+impl std::fmt::Display for SchemaStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = |v: Option<i64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
+        if self.is_current() {
+            write!(
+                f,
+                "schema is current (migration {})",
+                v(self.applied_latest)
+            )
+        } else {
+            write!(
+                f,
+                "schema is behind: {} migration(s) pending, applied {}, this build needs {}; run `fleetctl db migrate`",
+                self.pending.len(),
+                v(self.applied_latest),
+                v(self.expected_latest)
+            )
+        }
+    }
+}
+
 /// Default largest number of pooled connections.
 pub const MAX_CONNECTIONS_DEFAULT: u32 = 8;
 /// Default longest wait for a pooled connection before the operation fails (transiently).
@@ -121,6 +160,47 @@ impl Store {
         let mut conn = self.acquire().await?;
         MIGRATOR.run(&mut *conn).await?;
         Ok(())
+    }
+
+    /// How far the database's schema is from this build's migrations: which of them are applied
+    /// (successfully) and which are not. A database without the migrations table has none.
+    pub async fn schema_status(&self) -> Result<SchemaStatus> {
+        let expected: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        let table_exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        let applied: Vec<i64> = if table_exists {
+            sqlx::query_scalar(
+                "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+            )
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            Vec::new()
+        };
+        let pending = expected
+            .iter()
+            .copied()
+            .filter(|v| !applied.contains(v))
+            .collect();
+        Ok(SchemaStatus {
+            expected_latest: expected.iter().copied().max(),
+            applied_latest: applied.iter().copied().max(),
+            pending,
+        })
+    }
+
+    /// `Ok` when every migration of this build is applied; the error says which are missing. For
+    /// readiness: a worker of a newer build than the schema is not ready until `fleetctl db
+    /// migrate` (or `--migrate`) ran.
+    pub async fn check_schema(&self) -> Result<()> {
+        let status = self.schema_status().await?;
+        if status.is_current() {
+            Ok(())
+        } else {
+            Err(Error::SchemaBehind(status.to_string()))
+        }
     }
 
     /// Creates the database when it does not exist; returns whether it created it.

@@ -346,6 +346,32 @@ Examples:
   fleetctl db migrate
   fleetctl db migrate --database-url postgres://postgres@db:5432/fleet")]
     Migrate,
+    /// Compares the database's schema with this build's migrations; exits 1 when some are pending.
+    #[command(after_help = "\
+Examples:
+  fleetctl db status
+  fleetctl db status --json")]
+    Status,
+    /// Waits until every migration of this build is applied (by `db migrate` elsewhere, such as a
+    /// deployment's migration Job); exits 1 at the timeout. For init containers.
+    #[command(after_help = "\
+Examples:
+  fleetctl db wait
+  fleetctl db wait --timeout 10m")]
+    Wait {
+        /// Longest wait, a duration with a unit (ms, s, m, h).
+        #[arg(long, default_value = "5m", value_parser = parse_wait, value_name = "DURATION")]
+        timeout: std::time::Duration,
+    },
+}
+
+/// Parses `db wait --timeout` (`300s`, `5m`), at most a day.
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d > std::time::Duration::from_secs(24 * 3600) {
+        return Err("at most 24h".to_owned());
+    }
+    Ok(d)
 }
 
 /// `fleetctl tenants ...`.

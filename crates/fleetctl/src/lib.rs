@@ -199,6 +199,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             yes,
         }) => dlq::purge(&ctx, &queue, older_than, yes).await,
         Command::Db(DbCmd::Migrate) => db::migrate(&ctx).await,
+        Command::Db(DbCmd::Status) => db::status(&ctx).await,
+        Command::Db(DbCmd::Wait { timeout }) => db::wait(&ctx, timeout).await,
         Command::Tenants(TenantsCmd::Check { file }) => tenants::check(&ctx, &file),
         Command::Dash(args) => dash::run(&ctx, args.interval).await,
         Command::Completions { .. } => unreachable!("handled above"),

@@ -1,4 +1,5 @@
-//! `db migrate` against the real Postgres: creates a fresh database and applies the migrations.
+//! `db migrate`, `db status` and `db wait` against the real Postgres: a fresh database, its
+//! migrations applied, and the schema checks before and after.
 
 use sqlx::{Connection, PgConnection};
 
@@ -39,6 +40,68 @@ async fn migrate_creates_the_database_and_its_tables() {
     .execute(&mut admin)
     .await
     .unwrap();
+}
+
+async fn create_empty(name: &str) {
+    let mut admin = PgConnection::connect(&admin_url("postgres")).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+async fn drop_db(name: &str) {
+    let mut admin = PgConnection::connect(&admin_url("postgres")).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn status_and_wait_follow_the_migrations() {
+    let name = format!("fleet_test_{}", uuid::Uuid::new_v4().simple());
+    let url = admin_url(&name);
+    create_empty(&name).await;
+
+    // An empty database: behind, exit 1, pending listed.
+    let out = fleetctl(&["db", "status", "--json", "--database-url", &url], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["applied_latest"], serde_json::Value::Null);
+    assert!(!doc["pending"].as_array().unwrap().is_empty(), "{doc}");
+    assert!(
+        stderr(&out).contains("fleetctl db migrate"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A short wait times out while nothing migrates.
+    let out = fleetctl(
+        &["db", "wait", "--timeout", "1ms", "--database-url", &url],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+
+    // A waiter started before the migration ends once it is applied.
+    let waiter = std::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args(["db", "wait", "--timeout", "2m", "--database-url", &url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let migrated = fleetctl(&["db", "migrate", "--database-url", &url], &[]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let waited = waiter.wait_with_output().unwrap();
+    assert!(waited.status.success(), "{}", stderr(&waited));
+    assert!(String::from_utf8_lossy(&waited.stdout).contains("schema is current"));
+
+    let out = fleetctl(&["db", "status", "--database-url", &url], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    drop_db(&name).await;
 }
 
 #[test]
