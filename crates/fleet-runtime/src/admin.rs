@@ -166,7 +166,11 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 async fn metrics_page(State(state): State<AdminState>) -> Response {
     // Rendering walks every series under a lock; keep it off the async workers' hot path.
     let handle = state.metrics.clone();
-    match tokio::task::spawn_blocking(move || with_help_lines(&handle.render())).await {
+    let render = move || {
+        crate::telemetry::collect_process_metrics();
+        with_help_lines(&handle.render())
+    };
+    match tokio::task::spawn_blocking(render).await {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,

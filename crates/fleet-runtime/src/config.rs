@@ -35,6 +35,42 @@ pub const DEFAULT_TENANTS_FILE: &str = "tenants.toml";
 /// Names of the per-binary sections the config file may hold.
 pub const SECTIONS: [&str; 5] = ["ingest", "prospects", "outbound", "scheduler", "fleetctl"];
 
+/// The prefix of the environment variables of section `name`'s settings: `FLEET_INGEST__` for `[ingest]`.
+pub fn section_env_prefix(name: &str) -> String {
+    format!("FLEET_{}__", name.to_ascii_uppercase())
+}
+
+/// The name figment reports for a value that came from the config file.
+const FILE_LAYER: &str = "config file";
+
+/// One layer of a per-binary section for figment: a table of settings and the name of where it came from
+/// (`config file`, `env FLEET_PROSPECTS__BATCH_SIZE`, `--set batch_size`), which figment's errors carry.
+struct SectionLayer {
+    name: String,
+    dict: figment::value::Dict,
+}
+
+impl SectionLayer {
+    fn new(name: impl Into<String>, dict: figment::value::Dict) -> Self {
+        SectionLayer {
+            name: name.into(),
+            dict,
+        }
+    }
+}
+
+impl figment::Provider for SectionLayer {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(self.name.clone())
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Ok(figment::Profile::Default.collect(self.dict.clone()))
+    }
+}
+
 /// Reads `name` from `env`, treating an empty value as unset (as shells and compose files often export empty variables).
 fn env_nonempty(env: &dyn Env, name: &str) -> Option<String> {
     env.var(name).filter(|v| !v.trim().is_empty())
@@ -94,6 +130,15 @@ pub struct CommonArgs {
     /// Log format, json or pretty [default: pretty on a terminal, json otherwise].
     #[arg(long, env = "FLEET_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+
+    /// One setting of this binary's own config section, as KEY=VALUE (repeatable; nested keys with dots, e.g.
+    /// `--set retry.max_attempts=5`); beats `FLEET_<SECTION>__<KEY>` and the file.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+
+    /// Run against a Redis whose maxmemory-policy may evict keys (queued work) [default: false: refuse to start].
+    #[arg(long, env = "FLEET_ALLOW_EVICTION", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_eviction: Option<String>,
 }
 
 impl fmt::Debug for CommonArgs {
@@ -109,6 +154,15 @@ impl fmt::Debug for CommonArgs {
             .field("config", &self.config)
             .field("admin_addr", &self.admin_addr)
             .field("log_format", &self.log_format)
+            .field("allow_eviction", &self.allow_eviction)
+            .field(
+                "set",
+                &self
+                    .set
+                    .iter()
+                    .map(|kv| kv.split('=').next().unwrap_or(""))
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -140,6 +194,8 @@ pub struct FileConfig {
     pub admin_addr: Option<String>,
     /// Log format, `json` or `pretty`.
     pub log_format: Option<String>,
+    /// Start even when Redis's `maxmemory-policy` may evict keys.
+    pub allow_eviction: Option<bool>,
     /// High-water mark of waiting entries per queue; read by fleet-ingest.
     pub queue_high_water: Option<u64>,
     /// Public base URL of ingest; read by fleet-ingest.
@@ -176,6 +232,7 @@ impl fmt::Debug for FileConfig {
             .field("tenants", &self.tenants)
             .field("admin_addr", &self.admin_addr)
             .field("log_format", &self.log_format)
+            .field("allow_eviction", &self.allow_eviction)
             .field("queue_high_water", &self.queue_high_water)
             .field("public_url", &self.public_url.as_deref().map(RedactedUrl))
             .field(
@@ -290,6 +347,16 @@ pub enum ConfigError {
         /// One-line description.
         message: String,
     },
+    /// A per-binary setting given by environment variable or `--set` does not match the binary's settings.
+    #[error("invalid [{section}] setting from {origin}: {message}")]
+    SectionSetting {
+        /// The section name.
+        section: String,
+        /// The variable or flag that gave it.
+        origin: String,
+        /// One-line description.
+        message: String,
+    },
 }
 
 /// The resolved, validated settings shared by every binary.
@@ -311,10 +378,17 @@ pub struct CommonConfig {
     pub admin_addr: Option<SocketAddr>,
     /// Log format (resolved: a terminal check decides when nothing was given).
     pub log_format: LogFormat,
+    /// Whether a Redis whose `maxmemory-policy` may evict keys is accepted (with a warning)
+    /// rather than refused at start; see `fleet_queue::Broker::check_server`.
+    pub allow_eviction: bool,
     /// The parsed config file (empty when there is none), for per-binary sections and the top-level keys of one binary.
     file: FileConfig,
     /// Where the admin address came from when it was given by flag or env (those beat a section's `admin_addr`).
     admin_addr_from_cli_or_env: bool,
+    /// `FLEET_<SECTION>__<KEY>` variables, for [`CommonConfig::section`].
+    section_env: Vec<(String, String)>,
+    /// `--set KEY=VALUE` pairs, for [`CommonConfig::section`].
+    section_set: Vec<(String, String)>,
 }
 
 impl fmt::Debug for CommonConfig {
@@ -327,6 +401,7 @@ impl fmt::Debug for CommonConfig {
             .field("config_path", &self.config_path)
             .field("admin_addr", &self.admin_addr)
             .field("log_format", &self.log_format)
+            .field("allow_eviction", &self.allow_eviction)
             .finish_non_exhaustive()
     }
 }
@@ -432,6 +507,11 @@ const LOG_FORMAT: Setting = Setting {
     flag: "--log-format",
     env: "FLEET_LOG_FORMAT",
 };
+const ALLOW_EVICTION: Setting = Setting {
+    key: "allow_eviction",
+    flag: "--allow-eviction",
+    env: "FLEET_ALLOW_EVICTION",
+};
 
 /// Resolves settings from the layers with one parser per setting, so a value is validated the same way whichever layer
 /// gave it, and the error names that layer.
@@ -524,6 +604,15 @@ const REDIS_SCHEMES: &[&str] = &[
     "redis+unix",
     "unix",
 ];
+
+/// Parses a yes/no setting: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`, any case.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("`{s}` is not true or false")),
+    }
+}
 
 fn parse_redis_url(s: &str) -> Result<String, String> {
     check_url(s, REDIS_SCHEMES).map(|()| s.to_owned())
@@ -666,6 +755,14 @@ impl CommonConfig {
             LogFormat::from_str,
         )?;
 
+        let allow_eviction = r.get_or(
+            &ALLOW_EVICTION,
+            args.allow_eviction.as_deref(),
+            file.allow_eviction.map(|b| b.to_string()),
+            false,
+            parse_bool,
+        )?;
+
         // Validate every section's admin_addr now, so a typo fails at start rather than when that binary asks.
         for name in SECTIONS {
             if let Some(raw) = file.section_table(name).and_then(|t| t.get("admin_addr"))
@@ -674,11 +771,29 @@ impl CommonConfig {
                 return Err(ConfigError::Section {
                     section: name.to_owned(),
                     path: fp.map(Path::to_path_buf).unwrap_or_default(),
-                    message: "admin_addr must be a socket address string such as \"0.0.0.0:9090\""
+                    message: "admin_addr must be a socket address string such as \"0.0.0.0:9181\""
                         .to_owned(),
                 });
             }
         }
+
+        let section_env = SECTIONS
+            .iter()
+            .flat_map(|name| env.vars_with_prefix(&section_env_prefix(name)))
+            .filter(|(_, v)| !v.trim().is_empty())
+            .collect();
+        let section_set = args
+            .set
+            .iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+                _ => Err(ConfigError::Invalid {
+                    setting: "set",
+                    origin: Origin::Flag("--set", "-"),
+                    reason: "expected KEY=VALUE, e.g. --set batch_size=200".to_owned(),
+                }),
+            })
+            .collect::<Result<_, _>>()?;
 
         let admin_addr_from_cli_or_env = admin
             .as_ref()
@@ -691,8 +806,11 @@ impl CommonConfig {
             config_path,
             admin_addr: admin.map(|a| a.value),
             log_format: log_format.value,
+            allow_eviction: allow_eviction.value,
             file,
             admin_addr_from_cli_or_env,
+            section_env,
+            section_set,
         })
     }
 
@@ -723,24 +841,77 @@ impl CommonConfig {
         Ok(r.get(s, flag, file, parse)?.map(|l| l.value))
     }
 
-    /// Deserializes the per-binary section `name` (`ingest`, `prospects`, `outbound`, `scheduler`, `fleetctl`) into `T`.
+    /// Deserializes the per-binary section `name` (`ingest`, `prospects`, `outbound`, `scheduler`, `fleetctl`) into `T`,
+    /// from its layers, highest first: `--set KEY=VALUE` flags, `FLEET_<SECTION>__<KEY>` environment variables
+    /// (`__` between nested keys: `FLEET_OUTBOUND__RETRY__MAX_ATTEMPTS=5`), the file's `[name]` table, `T::default()`.
     ///
-    /// A missing section gives `T::default()`.
-    /// The `admin_addr` key is removed first (it is read by [`CommonConfig::admin_addr_for`]), so `T` may use
+    /// Values from the environment and flags are read as TOML-like scalars (`500`, `true`, `"10s"` or `10s`,
+    /// `[1, 2]`, `{ initial = "1s" }`). The layers are merged and deserialized by figment, which keeps where each
+    /// value came from, so an error names the variable, the flag or the file.
+    /// The `admin_addr` key is left out (it is read by [`CommonConfig::admin_addr_for`]), so `T` may use
     /// `#[serde(deny_unknown_fields)]` without declaring it.
     pub fn section<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T, ConfigError> {
-        let Some(table) = self.file.section_table(name) else {
+        use figment::{Figment, util::nest, value::Value};
+
+        let mut figment = Figment::new();
+        let mut layers = 0;
+        if let Some(table) = self.file.section_table(name) {
+            let mut table = table.clone();
+            table.remove("admin_addr");
+            let dict = Value::serialize(&table)
+                .ok()
+                .and_then(Value::into_dict)
+                .unwrap_or_default();
+            figment = figment.merge(SectionLayer::new(FILE_LAYER, dict));
+            layers += 1;
+        }
+        let prefix = section_env_prefix(name);
+        let mut env: Vec<&(String, String)> = self
+            .section_env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .collect();
+        env.sort();
+        let from_env = env.into_iter().map(|(var, value)| {
+            let key = var[prefix.len()..].to_ascii_lowercase().replace("__", ".");
+            (format!("env {var}"), key, value)
+        });
+        let from_flags = self
+            .section_set
+            .iter()
+            .map(|(key, value)| (format!("--set {key}"), key.clone(), value));
+        for (origin, key, value) in from_env.chain(from_flags) {
+            if key == "admin_addr" {
+                continue;
+            }
+            let value: Value = value.trim().parse().unwrap_or_else(|e| match e {});
+            let dict = nest(&key, value).into_dict().unwrap_or_default();
+            figment = figment.merge(SectionLayer::new(origin, dict));
+            layers += 1;
+        }
+        if layers == 0 {
             return Ok(T::default());
-        };
-        let mut table = table.clone();
-        table.remove("admin_addr");
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Section {
-                section: name.to_owned(),
-                path: self.config_path.clone().unwrap_or_default(),
-                message: redact_serde_values(e.message().replace('\n', " ").trim()),
-            })
+        }
+        figment.extract().map_err(|e| {
+            let origin = e.metadata.as_ref().map(|m| m.name.to_string());
+            let key = e.path.join(".");
+            let mut message = redact_serde_values(e.kind.to_string().replace('\n', " ").trim());
+            if !key.is_empty() {
+                message = format!("{message} (key `{key}`)");
+            }
+            match origin {
+                Some(origin) if origin != FILE_LAYER => ConfigError::SectionSetting {
+                    section: name.to_owned(),
+                    origin,
+                    message,
+                },
+                _ => ConfigError::Section {
+                    section: name.to_owned(),
+                    path: self.config_path.clone().unwrap_or_default(),
+                    message,
+                },
+            }
+        })
     }
 
     /// The admin address for the binary whose section is `section`.
@@ -770,15 +941,20 @@ impl CommonConfig {
 }
 
 /// Default admin ports, one per binary, so replicas of different binaries can share a host without configuration.
+///
+/// 9181 to 9185, clear of Prometheus's own 9090 (and Alertmanager's 9093), which a host running
+/// Fleet often runs too.
 pub mod admin_ports {
     /// `fleet-ingest`.
-    pub const INGEST: u16 = 9090;
+    pub const INGEST: u16 = 9181;
     /// `fleet-prospects`.
-    pub const PROSPECTS: u16 = 9091;
+    pub const PROSPECTS: u16 = 9182;
     /// `fleet-outbound`.
-    pub const OUTBOUND: u16 = 9092;
+    pub const OUTBOUND: u16 = 9183;
     /// `fleet-scheduler`.
-    pub const SCHEDULER: u16 = 9093;
+    pub const SCHEDULER: u16 = 9184;
+    /// `fleet-console`.
+    pub const CONSOLE: u16 = 9185;
 }
 
 #[cfg(test)]
@@ -821,7 +997,39 @@ mod tests {
         assert_eq!(cfg.admin_addr, None);
         assert_eq!(
             cfg.admin_addr_for("ingest", admin_ports::INGEST),
-            "127.0.0.1:9090".parse().unwrap()
+            "127.0.0.1:9181".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn eviction_is_refused_unless_allowed_by_any_layer() {
+        let cfg = load(&CommonArgs::default(), &[], None).unwrap();
+        assert!(!cfg.allow_eviction);
+        let cfg = load(
+            &CommonArgs::default(),
+            &[("FLEET_ALLOW_EVICTION", "1")],
+            None,
+        )
+        .unwrap();
+        assert!(cfg.allow_eviction);
+        let cfg = load(&CommonArgs::default(), &[], Some("allow_eviction = true")).unwrap();
+        assert!(cfg.allow_eviction);
+        let args = CommonArgs {
+            allow_eviction: Some("false".into()),
+            ..Default::default()
+        };
+        let cfg = load(&args, &[("FLEET_ALLOW_EVICTION", "yes")], None).unwrap();
+        assert!(!cfg.allow_eviction, "the flag beats the environment");
+        let err = load(
+            &CommonArgs::default(),
+            &[("FLEET_ALLOW_EVICTION", "maybe")],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("allow_eviction") && err.contains("FLEET_ALLOW_EVICTION"),
+            "{err}"
         );
     }
 
@@ -1279,6 +1487,149 @@ mod tests {
         );
     }
 
+    /// A section with a nested table and a duration, as outbound's `[outbound.retry]`.
+    #[derive(Debug, Default, PartialEq, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct NestedSection {
+        concurrency: Option<u32>,
+        linger: Option<String>,
+        enabled: Option<bool>,
+        retry: Option<RetrySection>,
+    }
+
+    #[derive(Debug, Default, PartialEq, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct RetrySection {
+        max_attempts: Option<u32>,
+        backoff: Option<BackoffSection>,
+    }
+
+    #[derive(Debug, Default, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct BackoffSection {
+        initial: String,
+        max: String,
+    }
+
+    #[test]
+    fn every_section_setting_is_settable_by_env_and_flag_over_the_file() {
+        let file = r#"
+            [outbound]
+            concurrency = 64
+            linger = "20ms"
+            [outbound.retry]
+            max_attempts = 8
+        "#;
+        // The file alone.
+        let cfg = load(&CommonArgs::default(), &[], Some(file)).unwrap();
+        let s: NestedSection = cfg.section("outbound").unwrap();
+        assert_eq!(s.concurrency, Some(64));
+        assert_eq!(s.retry.as_ref().unwrap().max_attempts, Some(8));
+
+        // The environment beats the file, nested keys with `__`; other sections' variables are not this one's.
+        let env = [
+            ("FLEET_OUTBOUND__CONCURRENCY", "128"),
+            ("FLEET_OUTBOUND__RETRY__MAX_ATTEMPTS", "3"),
+            (
+                "FLEET_OUTBOUND__RETRY__BACKOFF",
+                "{initial = \"2s\", max = \"1m\"}",
+            ),
+            ("FLEET_OUTBOUND__ENABLED", "true"),
+            ("FLEET_INGEST__CONCURRENCY", "1"),
+        ];
+        let cfg = load(&CommonArgs::default(), &env, Some(file)).unwrap();
+        let s: NestedSection = cfg.section("outbound").unwrap();
+        assert_eq!(s.concurrency, Some(128));
+        assert_eq!(
+            s.linger.as_deref(),
+            Some("20ms"),
+            "the file's other keys stay"
+        );
+        assert_eq!(s.enabled, Some(true));
+        let retry = s.retry.unwrap();
+        assert_eq!(retry.max_attempts, Some(3));
+        assert_eq!(
+            retry.backoff,
+            Some(BackoffSection {
+                initial: "2s".into(),
+                max: "1m".into()
+            })
+        );
+
+        // --set beats both, and works without any file.
+        let args = CommonArgs {
+            set: vec![
+                "concurrency=7".into(),
+                "retry.max_attempts=2".into(),
+                "linger=5ms".into(),
+            ],
+            ..Default::default()
+        };
+        let cfg = load(&args, &env, Some(file)).unwrap();
+        let s: NestedSection = cfg.section("outbound").unwrap();
+        assert_eq!(s.concurrency, Some(7));
+        assert_eq!(s.linger.as_deref(), Some("5ms"));
+        assert_eq!(s.retry.unwrap().max_attempts, Some(2));
+        let cfg = load(&args, &[], None).unwrap();
+        let s: NestedSection = cfg.section("outbound").unwrap();
+        assert_eq!(s.concurrency, Some(7));
+    }
+
+    #[test]
+    fn a_bad_section_setting_names_its_variable_or_flag() {
+        let err = load(
+            &CommonArgs::default(),
+            &[("FLEET_OUTBOUND__CONCURENCY", "1")],
+            None,
+        )
+        .unwrap()
+        .section::<NestedSection>("outbound")
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("FLEET_OUTBOUND__CONCURENCY") && err.contains("concurency"),
+            "{err}"
+        );
+        let err = load(
+            &CommonArgs::default(),
+            &[("FLEET_OUTBOUND__CONCURRENCY", "many")],
+            None,
+        )
+        .unwrap()
+        .section::<NestedSection>("outbound")
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("FLEET_OUTBOUND__CONCURRENCY"), "{err}");
+        assert!(!err.contains("many"), "values stay out of errors: {err}");
+        let args = CommonArgs {
+            set: vec!["retry.max_attempts=-1".into()],
+            ..Default::default()
+        };
+        let err = load(&args, &[], None)
+            .unwrap()
+            .section::<NestedSection>("outbound")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--set retry.max_attempts"), "{err}");
+        let args = CommonArgs {
+            set: vec!["no-equals-sign".into()],
+            ..Default::default()
+        };
+        let err = load(&args, &[], None).unwrap_err().to_string();
+        assert!(err.contains("KEY=VALUE"), "{err}");
+        // A file error still names the file.
+        let err = load(
+            &CommonArgs::default(),
+            &[],
+            Some("[outbound]\nconcurrency = \"x\"\n"),
+        )
+        .unwrap()
+        .section::<NestedSection>("outbound")
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/etc/fleet/fleet.toml"), "{err}");
+    }
+
     #[test]
     fn unknown_sections_and_bad_section_admin_addr_are_rejected() {
         let msg = load(&CommonArgs::default(), &[], Some("[ingset]\nx = 1\n"))
@@ -1372,7 +1723,7 @@ mod tests {
         assert_eq!(cfg.log_format, LogFormat::Json);
         assert_eq!(
             cfg.admin_addr_for("outbound", 1),
-            "0.0.0.0:9092".parse().unwrap()
+            "0.0.0.0:9183".parse().unwrap()
         );
     }
 

@@ -57,6 +57,7 @@ impl Service {
         // Installed before anything records or describes a metric: descriptions registered
         // before the recorder exists are lost.
         let metrics = crate::install_metrics();
+        crate::telemetry::record_build_info(name);
         let shutdown = Shutdown::new();
         shutdown.cancel_on_signal();
         Service {

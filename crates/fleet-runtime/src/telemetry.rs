@@ -133,6 +133,43 @@ fn describe_runtime_metrics() {
         "Reloads of the tenants file on SIGHUP, by outcome (ok, error)."
     );
     crate::http_server::describe_metrics();
+    metrics::describe_gauge!(
+        "fleet_build_info",
+        "Always 1; its labels say which binary, version and git commit this process runs."
+    );
+    process_collector().describe();
+}
+
+/// The collector of the `process_*` series (CPU seconds, resident and virtual memory, open and
+/// maximum file descriptors, start time, threads), read from `/proc` on every scrape.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Updates the `process_*` series; the admin server calls it before each render of `/metrics`.
+pub fn collect_process_metrics() {
+    process_collector().collect();
+}
+
+/// The git commit the binaries were built from: `FLEET_GIT_SHA` at build time (the image build
+/// passes it), else `unknown`. Read at build time and never from `.git`, so a commit does not
+/// rebuild every crate that depends on this one.
+pub const GIT_SHA: &str = match option_env!("FLEET_GIT_SHA") {
+    Some(sha) => sha,
+    None => "unknown",
+};
+
+/// Sets `fleet_build_info{binary, version, git_sha}` to 1, the series dashboards join on to show
+/// which build each process runs.
+pub fn record_build_info(binary: &'static str) {
+    metrics::gauge!(
+        "fleet_build_info",
+        "binary" => binary,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "git_sha" => GIT_SHA,
+    )
+    .set(1.0);
 }
 
 /// A Prometheus builder with Fleet's histogram buckets; [`install_metrics`] installs one, tests may build local recorders.
@@ -216,6 +253,41 @@ mod tests {
         assert!(
             page.contains("fleet_runtime_test_latency_seconds_bucket{le=\"0.0025\"} 0"),
             "{page}"
+        );
+    }
+
+    #[test]
+    fn build_info_and_process_series_are_on_the_page() {
+        let handle = install_metrics();
+        record_build_info("fleet-runtime-test");
+        collect_process_metrics();
+        let page = handle.render();
+        let build = format!(
+            "fleet_build_info{{binary=\"fleet-runtime-test\",version=\"{}\",git_sha=\"{GIT_SHA}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(page.contains(&build), "{page}");
+        for series in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+            "process_threads",
+        ] {
+            assert!(
+                page.contains(&format!("\n{series} ")),
+                "{series} missing: {page}"
+            );
+        }
+        let rss: f64 = page
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            rss > 1_000_000.0,
+            "a test process holds more than 1 MB: {rss}"
         );
     }
 }

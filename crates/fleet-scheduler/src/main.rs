@@ -54,7 +54,13 @@ async fn start(args: Args) -> anyhow::Result<()> {
         })
         .await?;
     let connect = async {
-        let broker = Broker::connect_patiently(&common.redis_url, &common.key_prefix).await?;
+        // Refuses a Redis that may evict queued work, or is too old.
+        let broker = Broker::connect_for_service(
+            &common.redis_url,
+            &common.key_prefix,
+            common.allow_eviction,
+        )
+        .await?;
         let lock = service::patiently(
             "the leadership lock",
             || LeaderLock::connect(&common.redis_url, &common.key_prefix, config.leader.ttl),
