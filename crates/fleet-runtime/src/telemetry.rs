@@ -118,7 +118,7 @@ pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     10.0, 30.0,
 ];
 
-/// Histogram buckets for batch sizes (metrics ending in `_batch_size` or `_entries`), 1 to 10,000.
+/// Histogram buckets for batch sizes (metrics ending in `_batch_size`, `_entries` or `_jobs`), 1 to 10,000.
 pub const BATCH_SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
 ];
@@ -184,6 +184,14 @@ pub fn prometheus_builder() -> PrometheusBuilder {
                 Matcher::Suffix("_batch_size".to_owned()),
                 BATCH_SIZE_BUCKETS,
             )
+        })
+        // Counts per batch under other names (`fleet_queue_batch_entries`,
+        // `fleet_outbound_sent_lookup_jobs`): real histograms too, not the exporter's summaries.
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Suffix("_entries".to_owned()), BATCH_SIZE_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Suffix("_jobs".to_owned()), BATCH_SIZE_BUCKETS)
         })
         .expect("bucket lists are non-empty")
 }
@@ -254,6 +262,33 @@ mod tests {
             page.contains("fleet_runtime_test_latency_seconds_bucket{le=\"0.0025\"} 0"),
             "{page}"
         );
+    }
+
+    #[test]
+    fn every_histogram_suffix_renders_buckets_not_quantiles() {
+        let recorder = prometheus_builder().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            for name in [
+                "fleet_t_duration_seconds",
+                "fleet_t_batch_size",
+                "fleet_t_batch_entries",
+                "fleet_t_lookup_jobs",
+            ] {
+                metrics::histogram!(name).record(3.0);
+            }
+        });
+        let page = handle.render();
+        assert!(
+            !page.contains("quantile="),
+            "a histogram rendered as a summary: {page}"
+        );
+        for name in ["seconds", "size", "entries", "jobs"] {
+            assert!(
+                page.contains(&format!("_{name}_bucket{{le=")),
+                "{name}: {page}"
+            );
+        }
     }
 
     #[test]
