@@ -56,6 +56,8 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 const SLOW_PROVIDER_LATENCY: Duration = Duration::from_secs(3);
 /// Replicas of each Fleet binary.
 const REPLICAS: usize = 2;
+/// Most replicas of each binary `--replicas` may ask for.
+const REPLICAS_MAX: usize = 8;
 /// Permanent refusals scripted before the dead-letter replay.
 const SCRIPTED_DEAD_LETTERS: u64 = 5;
 /// Longest wait for the scripted refusals to be used before the replay goes ahead anyway.
@@ -102,6 +104,12 @@ pub(crate) struct ChaosArgs {
     /// Keep the run's directory (logs, ledger, fault log) even when every invariant held.
     #[arg(long)]
     keep: bool,
+    /// Processes of each Fleet binary (1 to 8) [default: 2].
+    #[arg(long, default_value_t = REPLICAS, value_parser = parse_replicas)]
+    replicas: usize,
+    /// No faults: the same load and invariants, for measuring replicas side by side (with `--replicas`).
+    #[arg(long)]
+    no_faults: bool,
 }
 
 impl ChaosArgs {
@@ -116,7 +124,17 @@ impl ChaosArgs {
             debug: false,
             no_build: false,
             keep: false,
+            replicas: REPLICAS,
+            no_faults: false,
         }
+    }
+}
+
+/// `--replicas`: 1 to [`REPLICAS_MAX`].
+fn parse_replicas(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=REPLICAS_MAX).contains(&n) => Ok(n),
+        _ => Err(format!("expected 1 to {REPLICAS_MAX}")),
     }
 }
 
@@ -716,7 +734,7 @@ pub(crate) fn run(args: ChaosArgs) -> Result<()> {
         lease: LEASE,
         postgres_outage: Duration::from_secs(if args.long { 30 } else { 10 }),
         slow_provider: Duration::from_secs(if args.long { 15 } else { 8 }),
-        replicas: REPLICAS,
+        replicas: args.replicas,
     };
     let (plan, duration) = if args.long {
         let duration = Duration::from_secs(
@@ -735,6 +753,7 @@ pub(crate) fn run(args: ChaosArgs) -> Result<()> {
         let duration = args.duration.map_or(end + CALM_TAIL, Duration::from_secs);
         (plan, duration)
     };
+    let plan = if args.no_faults { Vec::new() } else { plan };
     let drain_secs = args.drain_secs.unwrap_or(if args.long { 180 } else { 60 });
     eprintln!(
         "chaos: {:.0} s of load at {rate} msg/s; lease {} s, outbound HTTP timeout {} s; fault schedule:",
@@ -804,7 +823,7 @@ pub(crate) fn run(args: ChaosArgs) -> Result<()> {
     };
     let mut ingests = Vec::new();
     for role in ROLES {
-        for i in 1..=REPLICAS {
+        for i in 1..=args.replicas {
             let name = format!("{role}-{i}");
             let admin = free_port()?;
             let ingest = (role == "fleet-ingest").then(free_port).transpose()?;
@@ -925,6 +944,7 @@ pub(crate) fn run(args: ChaosArgs) -> Result<()> {
     let mut nothing = std::collections::VecDeque::new();
     let check_status = run.drive(&mut checker, &mut nothing, &interrupted)?;
     let check_secs = check_start.elapsed().as_secs_f64();
+    print_balance(&run.slots);
 
     // Stop the fleet gracefully: every process must exit 0 in time.
     for s in &mut run.slots {
@@ -984,6 +1004,49 @@ pub(crate) fn run(args: ChaosArgs) -> Result<()> {
         bail!("chaos: invariants broken (seed {seed}); see the report above");
     }
     Ok(())
+}
+
+/// The work counters of one process, read from its `/metrics`: the series of `name`, summed over
+/// their labels; `None` when the page cannot be read.
+fn counter_sum(admin: SocketAddr, name: &str) -> Option<f64> {
+    let (status, page) = http(admin, "GET", "/metrics", None).ok()?;
+    (status == 200).then(|| {
+        page.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    })
+}
+
+/// How evenly the replicas of each worker shared the work: the entries each process acknowledged
+/// (`fleet_queue_acked_total`) and the sends each outbound made, with each one's share. Read after
+/// the drain, before the stop; a process restarted by a fault counts only since its restart.
+fn print_balance(slots: &[Slot]) {
+    for (role, counter) in [
+        ("fleet-prospects", "fleet_queue_acked_total"),
+        ("fleet-outbound", "fleet_queue_acked_total"),
+        ("fleet-outbound", "fleet_outbound_sends_total"),
+        ("fleet-ingest", "fleet_ingest_requests_total"),
+    ] {
+        let counts: Vec<(String, Option<f64>)> = slots
+            .iter()
+            .filter(|s| s.role == role)
+            .map(|s| (s.name.clone(), counter_sum(s.admin, counter)))
+            .collect();
+        let total: f64 = counts.iter().filter_map(|(_, c)| *c).sum();
+        let shares: Vec<String> = counts
+            .iter()
+            .map(|(name, c)| match c {
+                Some(c) if total > 0.0 => format!("{name} {c:.0} ({:.0} %)", c / total * 100.0),
+                Some(c) => format!("{name} {c:.0}"),
+                None => format!("{name} unreadable"),
+            })
+            .collect();
+        eprintln!("chaos: balance {counter}: {}", shares.join(", "));
+    }
 }
 
 /// What the run's verdict is made of, besides the run itself.
